@@ -1,0 +1,68 @@
+"""Hard top-k selections used at inference and in hard training phases.
+
+* ``topk_mask(x, k)``: per-row top-⌊k_b⌋ mask, the inference path of SoftSAE (reference §1.2).
+* ``per_row_topk(x, k)``: the same selection applied to x (gradients reach the kept entries).
+* ``batch_topk(x, k)``: the top-(k·B) entries over the flattened batch (BatchTopK, arXiv 2412.06410).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["topk_mask", "per_row_topk", "batch_topk"]
+
+
+def _row_counts(x: torch.Tensor, k: torch.Tensor | float | int) -> torch.Tensor:
+    """⌊k⌋ per row as a long tensor of shape (B,); validates range against n = x.shape[-1]."""
+    if x.dim() != 2:
+        raise ValueError(f"expected x of shape (batch, n), got {tuple(x.shape)}")
+    B, n = x.shape
+    k_t = torch.as_tensor(k, device=x.device)
+    if k_t.dim() == 2 and k_t.shape[-1] == 1:
+        k_t = k_t.squeeze(-1)
+    if k_t.dim() == 0:
+        k_t = k_t.expand(B)
+    if k_t.shape != (B,):
+        raise ValueError(f"k of shape {tuple(k_t.shape)} must be a scalar, (batch,) or (batch, 1) "
+                         f"for x of shape {tuple(x.shape)}")
+    counts = torch.floor(k_t.detach()).long() if k_t.is_floating_point() else k_t.long()
+    bad = (counts < 0) | (counts > n)
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        raise ValueError(f"k[row {row}] = {k_t[row].item()} is outside [0, n={n}]")
+    return counts
+
+
+def _per_row_indices(x: torch.Tensor, k) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    counts = _row_counts(x, k)
+    kmax = int(counts.max()) if counts.numel() else 0
+    vals, idx = torch.topk(x, kmax, dim=-1, sorted=True)
+    keep = torch.arange(kmax, device=x.device).unsqueeze(0) < counts.unsqueeze(1)
+    return vals, idx, keep
+
+
+def topk_mask(x: torch.Tensor, k: torch.Tensor | float | int) -> torch.Tensor:
+    """Boolean mask of the ⌊k_b⌋ largest entries of each row.
+
+    x: (batch, n); k: scalar, (batch,) or (batch, 1), floored like the official ``.long()``.
+    Returns a (batch, n) bool tensor with exactly ⌊k_b⌋ True entries in row b (ties broken by
+    ``torch.topk``).
+    """
+    _, idx, keep = _per_row_indices(x, k)
+    return torch.zeros_like(x, dtype=torch.bool).scatter_(1, idx, keep)
+
+
+def per_row_topk(x: torch.Tensor, k: torch.Tensor | float | int) -> torch.Tensor:
+    """x with all but the top-⌊k_b⌋ entries of each row set to zero; x: (batch, n)."""
+    vals, idx, keep = _per_row_indices(x, k)
+    return torch.zeros_like(x).scatter(1, idx, vals * keep)
+
+
+def batch_topk(x: torch.Tensor, k: float | int) -> torch.Tensor:
+    """Keep the ⌊k·batch⌋ largest entries of the whole (batch, n) tensor, zero the rest."""
+    if x.dim() != 2:
+        raise ValueError(f"expected x of shape (batch, n), got {tuple(x.shape)}")
+    total = min(int(k * x.shape[0]), x.numel())
+    flat = x.reshape(-1)
+    vals, idx = torch.topk(flat, total, sorted=False)
+    return torch.zeros_like(flat).scatter(0, idx, vals).reshape(x.shape)

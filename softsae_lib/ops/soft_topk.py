@@ -1,0 +1,248 @@
+"""LapSum soft top-k (Struski et al., ICML 2025, arXiv 2503.06242), exact and in pure PyTorch.
+
+For a row x ∈ R^n, a budget k ∈ [0, n] and a scale α > 0 the soft top-k mask is
+
+    p_j = F((x_j − t) / α),   F = standard Laplace CDF,   t such that Σ_j p_j = k,
+
+so p ∈ [0, 1]^n, Σp = k exactly, larger x gives larger p, and as α → 0 the mask tends to
+"ones on the top ⌊k⌋, frac(k) on the next, zeros elsewhere" (reference §2.8).
+
+How t is found (reference ``softsae-reference.md`` §2.2 and §2.7):
+
+* Sort-free window. With K ≥ 2k + 2 the soft count at the K-th largest value satisfies
+  Φ(s_{K−1}) ≥ K/2 > k, so the threshold lies inside the top-K window and only
+  ``topk(x, K)`` plus one tail sum T = Σ_{j ∉ window} exp((x_j − s_{K−1})/α) are needed.
+  When K would reach n the window is the whole sorted row (the plain sort-based LapSum).
+* The one-sided sums A_p, B_p of the window are computed in log space with ``logcumsumexp``
+  in float64, so nothing overflows for any α; the root of the piecewise-exponential equation
+  uses the cancellation-free closed form with R evaluated in log space, which also covers an
+  exactly integer k whose q = ab·e^{−δ} underflows.
+* Tail elements (outside the window) always sit below t, so their p is ½·e^{(x_j−t)/α}: it is
+  computed from the same buffer as T with one multiply, and their derivative q_j = p_j/α needs
+  no second exponential in the backward pass. Window elements are recomputed in float64.
+
+Backward (implicit differentiation, reference §2.4), with q_j = f((x_j − t)/α)/α, S = Σq,
+v̄ = Σ q v / S:  grad_x = q ⊙ (v − v̄),  grad_k = v̄,  grad_α = −(1/α) Σ_i q_i v_i (x_i − x̄).
+
+Edge cases: k = 0 gives all zeros and k = n all ones (t = ±∞, zero gradients); ties are exact.
+Unlike the official C++ extension (which returns Σp = 0.69 at k = 0 and n − ½ at k = n) both
+ends are exact here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["soft_topk", "window_size"]
+
+# ln of the smallest normal float, per dtype (see the tail pass in forward).
+_EXP_FLOOR = {torch.float32: -87.0, torch.float64: -708.0}
+
+
+def window_size(k_max: float, n: int) -> int:
+    """Size K of the top-K window that provably contains the threshold for every k ≤ k_max."""
+    return min(n, 2 * math.ceil(k_max) + 2)
+
+
+def _validate(x: torch.Tensor, k: torch.Tensor, alpha: float) -> None:
+    n = x.shape[-1]
+    if not alpha > 0 or not math.isfinite(alpha):
+        raise ValueError(f"soft_topk: alpha must be a finite number > 0, got {alpha}")
+    # One cheap reduction catches NaN and ±inf; only if it fires do we pay for locating the row.
+    if not torch.isfinite(x.sum(dim=-1)).all():
+        bad = (~torch.isfinite(x)).any(dim=-1).nonzero()
+        if bad.numel():
+            raise ValueError(f"soft_topk: x has non-finite values in row {bad[0].item()} "
+                             f"({bad.shape[0]} row(s) affected)")
+    kf = k.reshape(-1)
+    bad = (~torch.isfinite(kf)) | (kf < 0) | (kf > n)
+    if bad.any():
+        row = int(bad.nonzero()[0].item())
+        raise ValueError(f"soft_topk: k[row {row}] = {kf[row].item()} is outside [0, n={n}] "
+                         f"({int(bad.sum())} row(s) affected)")
+
+
+def _laplace_cdf(u: torch.Tensor) -> torch.Tensor:
+    e = 0.5 * torch.exp(-u.abs())
+    return torch.where(u > 0, 1.0 - e, e)
+
+
+def _log1p_exp(v: torch.Tensor) -> torch.Tensor:
+    """ln(1 + e^v), exact at v = −∞."""
+    return torch.logaddexp(torch.zeros_like(v), v)
+
+
+def _solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha: float,
+                     n: int) -> torch.Tensor:
+    """Threshold t per row from the sorted window.
+
+    s: (B, K) descending window values (float64); tail: (B,) T relative to s_{K−1};
+    k: (B,) budgets in (0, n); returns t: (B,) float64.
+    """
+    B, K = s.shape
+    rows = torch.arange(B, device=s.device)
+    # Centre on the element near rank k so that the log sums are most accurate where t lies.
+    pivot = (k.round() - 1).clamp(0, K - 1).long()
+    z = (s - s[rows, pivot].unsqueeze(1)) / alpha  # (B, K), non-increasing
+    ninf = torch.full((B, 1), -math.inf, dtype=s.dtype, device=s.device)
+    # ln B_p = z_p + ln Σ_{i<p} e^{−z_i};  ln A_p = −z_p + ln(Σ_{p<i<K} e^{z_i} + e^{z_{K−1}} T).
+    prefix = torch.cat([ninf, torch.logcumsumexp(-z, dim=1)[:, :-1]], dim=1)
+    suffix = torch.cat([torch.logcumsumexp(z.flip(1), dim=1).flip(1)[:, 1:], ninf], dim=1)
+    ln_tail = z[:, -1] + torch.log(tail)
+    ln_b = z + prefix
+    ln_a = -z + torch.logaddexp(suffix, ln_tail.unsqueeze(1))
+    # Soft count at each knot: Φ(s_p) = p + ½ + ½(A_p − B_p); non-decreasing, flat across ties.
+    idx = torch.arange(K, device=s.device, dtype=s.dtype)
+    phi = idx + 0.5 + 0.5 * (torch.exp(ln_a) - torch.exp(ln_b))
+    cnt = (phi <= k.unsqueeze(1)).sum(dim=1)
+    # Rounding may split a tie block; the bracket must start at the end of the block.
+    l_raw = (cnt - 1).clamp(min=0)
+    l = (s >= s[rows, l_raw].unsqueeze(1)).sum(dim=1) - 1
+    upper = cnt == 0  # t above the largest value
+    lower = (~upper) & (l >= n - 1)  # t below the smallest value (only when K == n)
+    l = torch.where(upper | lower, torch.zeros_like(l), l)
+    l1 = (l + 1).clamp(max=K - 1)
+
+    ln1a = _log1p_exp(ln_a[rows, l1])  # ln(1 + A_{l+1})
+    ln1b = _log1p_exp(ln_b[rows, l])  # ln(1 + B_l)
+    d = k - (l + 1).to(k.dtype)
+    delta = z[rows, l] - z[rows, l1]
+    ln_q = ln1a + ln1b - delta
+    # ln R with R = |d| + sqrt(d² + q), never forming q or 1/q explicitly.
+    ln_d = torch.log(d.abs())
+    w = 0.5 * ln_q - ln_d
+    ln_r = torch.where(w >= 0, 0.5 * ln_q + torch.asinh(torch.exp(-w.clamp(min=0))),
+                       ln_d + torch.log1p(torch.sqrt(1 + torch.exp(2 * w.clamp(max=0)))))
+    t = torch.where(d >= 0, s[rows, l1] + alpha * (ln1a - ln_r), s[rows, l] - alpha * (ln1b - ln_r))
+    t_upper = s[:, 0] + alpha * (_log1p_exp(ln_a[:, 0]) - torch.log(2 * k))
+    t_lower = s[:, -1] - alpha * (_log1p_exp(ln_b[:, -1]) - torch.log(2 * (n - k)))
+    return torch.where(upper, t_upper, torch.where(lower, t_lower, t))
+
+
+class _SoftTopK(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: torch.Tensor, alpha_t: torch.Tensor, alpha: float,
+                window: int | None):
+        """x: (B, n) float32/float64; k: (B, 1); alpha_t: the 0-d tensor (or None) for autograd."""
+        B, n = x.shape
+        wdt = torch.float64 if x.device.type != "mps" else torch.float32
+        kk = k.reshape(B).to(wdt)
+        K = window_size(float(kk.max()), n) if window is None else min(n, window)
+        if K < n:
+            s, win_idx = torch.topk(x, K, dim=1, sorted=True)
+        else:
+            s, win_idx = torch.sort(x, dim=1, descending=True)
+        s_last = s[:, -1:]
+        # Tail buffer: e^{(x_j − s_{K−1})/α} off the window, 0 on it; later turned into p in place.
+        buf = torch.sub(x, s_last)
+        # Exponents below the smallest normal number are clamped there: libm's slow path for
+        # underflowing exp costs ~10x, and the clamped terms (< 1e-38 each) are far below the
+        # dtype's resolution of any sum that matters. The window is zeroed after the exp.
+        buf.mul_(1.0 / alpha).clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_()
+        buf.scatter_(1, win_idx, 0.0)
+        tail = buf.sum(dim=1).to(wdt)
+        s64 = s.to(wdt)
+        zero_rows = kk <= 0
+        full_rows = kk >= n
+        k_safe = torch.where(zero_rows | full_rows, torch.full_like(kk, n / 2), kk)
+        t = _solve_threshold(s64, tail, k_safe, alpha, n)
+        t = torch.where(zero_rows, math.inf, torch.where(full_rows, -math.inf, t))
+        # Off-window p_j = ½ e^{(x_j − t)/α} = buf_j · ½ e^{(s_{K−1} − t)/α} (exponent ≤ 0).
+        gamma = 0.5 * torch.exp((s64[:, -1] - t) / alpha)
+        buf.mul_(gamma.to(x.dtype).unsqueeze(1))
+        u_win = (s64 - t.unsqueeze(1)) / alpha
+        p_win = _laplace_cdf(u_win)
+        buf.scatter_(1, win_idx, p_win.to(x.dtype))
+        q_win = 0.5 * torch.exp(-u_win.abs()) / alpha
+        # Σ_j q_j: the tail's q is p/α, and the tail's Σp is γ·T.
+        S = (gamma * tail) / alpha + q_win.sum(dim=1)
+        ctx.alpha = alpha
+        ctx.save_for_backward(buf, win_idx, p_win, q_win, S, t, x if ctx.needs_input_grad[2] else None)
+        return buf
+
+    @staticmethod
+    def backward(ctx, v: torch.Tensor):
+        p, win_idx, p_win, q_win, S, t, x = ctx.saved_tensors
+        alpha = ctx.alpha
+        wdt = S.dtype
+        v = v.contiguous()
+        v_win = v.gather(1, win_idx).to(wdt)
+        S_safe = torch.where(S > 0, S, torch.ones_like(S))
+        # Σ q v split into the tail (q = p/α, p stored) and the exact float64 window.
+        pv_all = torch.einsum("bn,bn->b", p, v).to(wdt)
+        pv_tail = pv_all - (p_win.to(p.dtype).to(wdt) * v_win).sum(dim=1)
+        qv = pv_tail / alpha + (q_win * v_win).sum(dim=1)
+        vbar = torch.where(S > 0, qv / S_safe, torch.zeros_like(qv))
+        grad_x = grad_k = grad_alpha = None
+        if ctx.needs_input_grad[0]:
+            # (v − v̄)/α ⊙ p in two passes; the window is overwritten with its exact q(v − v̄).
+            grad_x = torch.add((-vbar / alpha).to(v.dtype).unsqueeze(1), v, alpha=1.0 / alpha)
+            grad_x.mul_(p)
+            grad_x.scatter_(1, win_idx, (q_win * (v_win - vbar.unsqueeze(1))).to(v.dtype))
+        if ctx.needs_input_grad[1]:
+            grad_k = vbar.unsqueeze(1).to(v.dtype)
+        if ctx.needs_input_grad[2]:
+            # grad_α = −(1/α) Σ q v (x − x̄), centred on t to limit cancellation.
+            xc = torch.sub(x, t.to(x.dtype).unsqueeze(1))
+            q_full = torch.where(p <= 0.5, p, 1 - p) / alpha
+            q_full.scatter_(1, win_idx, q_win.to(q_full.dtype))
+            sq_x = torch.einsum("bn,bn->b", q_full, xc).to(wdt)
+            sqv_x = torch.einsum("bn,bn->b", q_full * v, xc).to(wdt)
+            xbar_c = torch.where(S > 0, sq_x / S_safe, torch.zeros_like(sq_x))
+            grad_alpha = (-(sqv_x - xbar_c * qv) / alpha).sum().to(v.dtype)
+        return grad_x, grad_k, grad_alpha, None, None
+
+
+def soft_topk(x: torch.Tensor, k: torch.Tensor | float, alpha: torch.Tensor | float,
+              window: int | None = None) -> torch.Tensor:
+    """LapSum soft top-k mask along the last dimension.
+
+    Args:
+        x: (..., n) scores, float16/bfloat16/float32/float64 (halves are computed in float32).
+        k: budget per row, fractional, in [0, n]: a number or a tensor broadcastable to (..., 1).
+        alpha: Laplace scale α > 0, a float or a 0-d tensor (differentiable if it requires grad).
+        window: top-K window size; by default the smallest provably exact one, 2·⌈max k⌉ + 2.
+
+    Returns:
+        p: (..., n) in x's dtype with p ∈ [0, 1] and Σ_j p_j = k per row (to rounding).
+
+    Raises:
+        ValueError: naming the argument or row when k ∉ [0, n], α ≤ 0, x is not finite, or
+        k's shape does not broadcast to (..., 1).
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise ValueError("soft_topk: x must be a tensor with at least one dimension (..., n)")
+    if not x.is_floating_point():
+        raise ValueError(f"soft_topk: x must be floating point, got {x.dtype}")
+    n = x.shape[-1]
+    lead = x.shape[:-1]
+    kdt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    if isinstance(k, torch.Tensor):
+        k_t = k.to(device=x.device, dtype=kdt)
+    else:
+        k_t = torch.tensor(float(k), device=x.device, dtype=kdt)
+    if k_t.dim() > 0 and tuple(k_t.shape) == tuple(lead) and k_t.shape[-1] != 1:
+        k_t = k_t.unsqueeze(-1)  # one budget per row given as (...,) rather than (..., 1)
+    try:
+        k_b = k_t.expand(*lead, 1)
+    except RuntimeError as err:
+        raise ValueError(f"soft_topk: k of shape {tuple(k_t.shape)} does not broadcast to "
+                         f"{tuple(lead) + (1,)} (one budget per row of x {tuple(x.shape)})") from err
+    if isinstance(alpha, torch.Tensor):
+        if alpha.numel() != 1:
+            raise ValueError(f"soft_topk: alpha must be a float or a 0-d tensor, got shape "
+                             f"{tuple(alpha.shape)}")
+        alpha_val = float(alpha.detach().reshape(()))
+        alpha_t = alpha.reshape(()) if alpha.requires_grad else None
+    else:
+        alpha_val, alpha_t = float(alpha), None
+    _validate(x, k_b, alpha_val)
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    x2 = work.reshape(-1, n)
+    k2 = k_b.reshape(-1, 1).to(x2.dtype)
+    if x2.shape[0] == 0 or n == 0:
+        return torch.zeros_like(x)
+    p = _SoftTopK.apply(x2, k2, alpha_t, alpha_val, window)
+    return p.reshape(x.shape).to(x.dtype)
