@@ -1,0 +1,63 @@
+"""Run a trained SAE over held-out data and compute every metric in raw activation space."""
+
+from __future__ import annotations
+
+import torch
+
+from softsae_lib.metrics import (
+    feature_counts, l0_per_sample, l0_summary, merge_stats, reconstruction_metrics_from_stats,
+    reconstruction_stats, sparsity_metrics_from_counts,
+)
+from softsae_lib.saes.base import SAE
+
+
+def _batches(data, batch_size: int):
+    if isinstance(data, torch.Tensor) or hasattr(data, "shape"):
+        for i in range(0, data.shape[0], batch_size):
+            yield torch.as_tensor(data[i:i + batch_size])
+    else:
+        yield from data
+
+
+@torch.no_grad()
+def evaluate_sae(model: SAE, data, batch_size: int = 4096, return_per_sample: bool = False) -> dict:
+    """Reconstruction and sparsity metrics of ``model`` (inference path) on ``data``.
+
+    Args:
+        model: a trained SAE (its stored normalisation is undone, so metrics are in raw space).
+        data: (N, d) tensor/array, or an iterable of (B, d) batches, all rows used in order.
+        return_per_sample: also return per-sample L0 (and k̂ for SoftSAE) as tensors of shape (N,).
+
+    Returns:
+        Dict with the keys of :func:`reconstruction_metrics_from_stats`, ``l0`` (summary dict),
+        the sparsity metrics (dead/dense fractions), ``n_samples``, and when asked ``per_sample``.
+    """
+    was_training = model.training
+    model.eval()
+    device = model.W_dec.device
+    stats, counts, l0s, k_hats = None, None, [], []
+    has_k = hasattr(model, "predict_k")
+    for x in _batches(data, batch_size):
+        x = x.to(device, torch.float32)
+        z = model.encode(x)
+        x_hat = model.decode(z)
+        stats = merge_stats(stats, reconstruction_stats(x, x_hat))
+        c = feature_counts(z)
+        counts = c if counts is None else counts + c
+        l0s.append(l0_per_sample(z).cpu())
+        if has_k:
+            k_hats.append(model.predict_k(x).cpu())
+    if stats is None:
+        raise ValueError("evaluate_sae: data is empty")
+    model.train(was_training)
+    l0 = torch.cat(l0s)
+    out = {**reconstruction_metrics_from_stats(stats), "l0": l0_summary(l0),
+           **sparsity_metrics_from_counts(counts, int(stats["n"]))}
+    if has_k:
+        k_hat = torch.cat(k_hats)
+        out["k_hat"] = l0_summary(k_hat)
+        k_max = model.config.effective_k_max
+        out["k_hat_at_bounds"] = float(((k_hat <= 1.0) | (k_hat >= min(k_max, model.dict_size))).float().mean())
+    if return_per_sample:
+        out["per_sample"] = {"l0": l0, **({"k_hat": torch.cat(k_hats)} if has_k else {})}
+    return out

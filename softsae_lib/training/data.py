@@ -1,0 +1,77 @@
+"""Batches for the trainer from a tensor, a (memory-mapped) array, or an iterable of batches.
+
+For arrays the batch of step s is a pure function of (seed, s): each epoch is a fresh
+permutation drawn from a generator seeded by (seed, epoch), and the trailing partial batch is
+dropped. A resumed run therefore needs only the step index. Iterables are replayed by skipping
+the batches already consumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+
+class BatchSource:
+    """``batch(step) -> (B, d) float32 tensor`` over the data, for consecutive or resumed steps."""
+
+    def __init__(self, data, batch_size: int, d_model: int, seed: int = 0) -> None:
+        self.d_model = d_model
+        self.seed = seed
+        self._array = None
+        self._iterable: Iterable | None = None
+        self._iter: Iterator | None = None
+        self._next_step = 0
+        if isinstance(data, (torch.Tensor, np.ndarray)):
+            if data.ndim != 2 or data.shape[1] != d_model:
+                raise ValueError(f"data must have shape (N, {d_model}), got {tuple(data.shape)}")
+            if data.shape[0] < batch_size:
+                raise ValueError(f"data has {data.shape[0]} rows, fewer than batch_size={batch_size}")
+            self._array = data
+            self.batch_size = batch_size
+            self.batches_per_epoch = data.shape[0] // batch_size
+        elif isinstance(data, Iterable):
+            self._iterable = data
+            self.batch_size = None
+        else:
+            raise TypeError(f"data must be a tensor, numpy array/memmap or iterable of batches, "
+                            f"got {type(data).__name__}")
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self._array.shape[0], generator=gen)
+
+    def _from_array(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.batches_per_epoch)
+        idx = self._perm(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+        if isinstance(self._array, torch.Tensor):
+            return self._array[idx.to(self._array.device)]
+        # Sorted reads are far faster on a memmap; the loss does not depend on row order.
+        rows = np.sort(idx.numpy())
+        return torch.from_numpy(np.ascontiguousarray(self._array[rows]))
+
+    def _from_iterable(self, step: int) -> torch.Tensor:
+        if self._iter is None or step < self._next_step:
+            self._iter, self._next_step = iter(self._iterable), 0
+        while True:
+            try:
+                item = next(self._iter)
+            except StopIteration:
+                if iter(self._iterable) is self._iterable:
+                    raise ValueError(f"data iterator exhausted at step {step}: it yielded "
+                                     f"{self._next_step} batches; pass a re-iterable (e.g. a list or "
+                                     f"DataLoader) or fewer steps") from None
+                self._iter = iter(self._iterable)  # next epoch
+                continue
+            self._next_step += 1
+            if self._next_step > step:
+                return torch.as_tensor(item)
+
+    def batch(self, step: int) -> torch.Tensor:
+        """The (B, d) float32 batch for ``step``; raises ValueError naming the step on bad shape."""
+        x = self._from_array(step) if self._array is not None else self._from_iterable(step)
+        if x.ndim != 2 or x.shape[1] != self.d_model or x.shape[0] == 0:
+            raise ValueError(f"step {step}: batch has shape {tuple(x.shape)}, expected (B>0, {self.d_model})")
+        return x.float() if x.dtype != torch.float32 else x
