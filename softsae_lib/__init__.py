@@ -8,14 +8,35 @@ Public API::
 from softsae_lib.evaluation import evaluate_sae
 from softsae_lib.io import SAEFileError, load_sae, save_sae
 from softsae_lib.metrics import (
-    cosine_similarity, explained_variance, feature_counts, feature_density, fvu, l0_per_sample,
-    l0_summary, mse, norm_ratio, reconstruction_metrics, relative_reconstruction_bias,
+    cosine_similarity,
+    explained_variance,
+    feature_counts,
+    feature_density,
+    fvu,
+    l0_per_sample,
+    l0_summary,
+    mse,
+    norm_ratio,
+    reconstruction_metrics,
+    relative_reconstruction_bias,
     sparsity_metrics,
 )
 from softsae_lib.ops import batch_topk, per_row_topk, soft_topk, topk_mask
 from softsae_lib.saes import (
-    ARCHITECTURES, SAE, BatchTopKConfig, BatchTopKSAE, JumpReLUConfig, JumpReLUSAE, ReLUConfig,
-    ReLUSAE, SAEConfig, SoftSAE, SoftSAEConfig, TopKConfig, TopKSAE, make_sae,
+    ARCHITECTURES,
+    SAE,
+    BatchTopKConfig,
+    BatchTopKSAE,
+    JumpReLUConfig,
+    JumpReLUSAE,
+    ReLUConfig,
+    ReLUSAE,
+    SAEConfig,
+    SoftSAE,
+    SoftSAEConfig,
+    TopKConfig,
+    TopKSAE,
+    make_sae,
 )
 from softsae_lib.training import TrainConfig, TrainingError, TrainResult, train_sae
 

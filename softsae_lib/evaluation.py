@@ -5,8 +5,13 @@ from __future__ import annotations
 import torch
 
 from softsae_lib.metrics import (
-    feature_counts, l0_per_sample, l0_summary, merge_stats, reconstruction_metrics_from_stats,
-    reconstruction_stats, sparsity_metrics_from_counts,
+    feature_counts,
+    l0_per_sample,
+    l0_summary,
+    merge_stats,
+    reconstruction_metrics_from_stats,
+    reconstruction_stats,
+    sparsity_metrics_from_counts,
 )
 from softsae_lib.saes.base import SAE
 
@@ -57,7 +62,8 @@ def evaluate_sae(model: SAE, data, batch_size: int = 4096, return_per_sample: bo
         k_hat = torch.cat(k_hats)
         out["k_hat"] = l0_summary(k_hat)
         k_max = model.config.effective_k_max
-        out["k_hat_at_bounds"] = float(((k_hat <= 1.0) | (k_hat >= min(k_max, model.dict_size))).float().mean())
+        at_bounds = (k_hat <= 1.0) | (k_hat >= min(k_max, model.dict_size))
+        out["k_hat_at_bounds"] = float(at_bounds.float().mean())
     if return_per_sample:
         out["per_sample"] = {"l0": l0, **({"k_hat": torch.cat(k_hats)} if has_k else {})}
     return out

@@ -62,6 +62,9 @@ def batch_topk(x: torch.Tensor, k: float | int) -> torch.Tensor:
     """Keep the ⌊k·batch⌋ largest entries of the whole (batch, n) tensor, zero the rest."""
     if x.dim() != 2:
         raise ValueError(f"expected x of shape (batch, n), got {tuple(x.shape)}")
+    if not 0 <= float(k) <= x.shape[1]:  # also rejects NaN; int() would truncate −0.5·B to 0
+        raise ValueError(f"batch_topk: k = {float(k)} (mean budget per row) is outside "
+                         f"[0, n={x.shape[1]}]")
     total = min(int(k * x.shape[0]), x.numel())
     flat = x.reshape(-1)
     vals, idx = torch.topk(flat, total, sorted=False)

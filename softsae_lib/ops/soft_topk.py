@@ -26,7 +26,8 @@ v̄ = Σ q v / S:  grad_x = q ⊙ (v − v̄),  grad_k = v̄,  grad_α = −(1/�
 
 Edge cases: k = 0 gives all zeros and k = n all ones (t = ±∞, zero gradients); ties are exact.
 Unlike the official C++ extension (which returns Σp = 0.69 at k = 0 and n − ½ at k = n) both
-ends are exact here.
+ends are exact here. Entries of p below 2^-100 (fp32; 2^-1000 in fp64) are
+returned as exact zeros so that no denormal numbers reach downstream matmuls.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ __all__ = ["soft_topk", "window_size"]
 
 # ln of the smallest normal float, per dtype (see the tail pass in forward).
 _EXP_FLOOR = {torch.float32: -87.0, torch.float64: -708.0}
+# p below this is returned as 0 (≈ 2^-100 / 2^-1000): far below the rounding error of
+# any row sum Σp = k ≥ 1e-20, so Σp = k is unaffected, and no denormals reach later products.
+_FLUSH_BELOW = {torch.float32: 2.0**-100, torch.float64: 2.0**-1000}
 
 
 def window_size(k_max: float, n: int) -> int:
@@ -52,7 +56,7 @@ def _validate(x: torch.Tensor, k: torch.Tensor, alpha: float) -> None:
         raise ValueError(f"soft_topk: alpha must be a finite number > 0, got {alpha}")
     # One cheap reduction catches NaN and ±inf; only if it fires do we pay for locating the row.
     if not torch.isfinite(x.sum(dim=-1)).all():
-        bad = (~torch.isfinite(x)).any(dim=-1).nonzero()
+        bad = (~torch.isfinite(x)).reshape(-1, n).any(dim=1).nonzero()  # flat row index, any ndim
         if bad.numel():
             raise ValueError(f"soft_topk: x has non-finite values in row {bad[0].item()} "
                              f"({bad.shape[0]} row(s) affected)")
@@ -155,6 +159,11 @@ class _SoftTopK(torch.autograd.Function):
         u_win = (s64 - t.unsqueeze(1)) / alpha
         p_win = _laplace_cdf(u_win)
         buf.scatter_(1, win_idx, p_win.to(x.dtype))
+        # Flush negligible p to exact zeros: denormals (and the products they make downstream,
+        # e.g. r ⊙ p in SoftSAE) slow every later matmul by an order of magnitude on x86 CPUs.
+        # Done after the window is written so that a tie block straddling the window edge gets
+        # one value (flushing the tail alone broke exact ties there).
+        torch.nn.functional.threshold_(buf, _FLUSH_BELOW[x.dtype], 0.0)
         q_win = 0.5 * torch.exp(-u_win.abs()) / alpha
         # Σ_j q_j: the tail's q is p/α, and the tail's Σp is γ·T.
         S = (gamma * tail) / alpha + q_win.sum(dim=1)
@@ -170,9 +179,13 @@ class _SoftTopK(torch.autograd.Function):
         v = v.contiguous()
         v_win = v.gather(1, win_idx).to(wdt)
         S_safe = torch.where(S > 0, S, torch.ones_like(S))
-        # Σ q v split into the tail (q = p/α, p stored) and the exact float64 window.
-        pv_all = torch.einsum("bn,bn->b", p, v).to(wdt)
-        pv_tail = pv_all - (p_win.to(p.dtype).to(wdt) * v_win).sum(dim=1)
+        # Σ q v split into the tail (q = p/α, p stored) and the exact float64 window. The tail is
+        # summed directly (window zeroed): subtracting the window from a full Σ p v cancels
+        # catastrophically (error ~ eps·k/α, huge next to a tiny S at an integer k).
+        if win_idx.shape[1] < p.shape[1]:
+            pv_tail = torch.einsum("bn,bn->b", p, v.scatter(1, win_idx, 0.0)).to(wdt)
+        else:
+            pv_tail = torch.zeros_like(S)
         qv = pv_tail / alpha + (q_win * v_win).sum(dim=1)
         vbar = torch.where(S > 0, qv / S_safe, torch.zeros_like(qv))
         grad_x = grad_k = grad_alpha = None
@@ -184,8 +197,10 @@ class _SoftTopK(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_k = vbar.unsqueeze(1).to(v.dtype)
         if ctx.needs_input_grad[2]:
-            # grad_α = −(1/α) Σ q v (x − x̄), centred on t to limit cancellation.
-            xc = torch.sub(x, t.to(x.dtype).unsqueeze(1))
+            # grad_α = −(1/α) Σ q v (x − x̄), centred on t to limit cancellation. Rows with k = 0
+            # or n have t = ±∞ and q ≡ 0: centre them on 0, else 0·∞ = NaN poisons the batch sum.
+            t_c = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+            xc = torch.sub(x, t_c.to(x.dtype).unsqueeze(1))
             q_full = torch.where(p <= 0.5, p, 1 - p) / alpha
             q_full.scatter_(1, win_idx, q_win.to(q_full.dtype))
             sq_x = torch.einsum("bn,bn->b", q_full, xc).to(wdt)

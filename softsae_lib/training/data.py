@@ -2,8 +2,11 @@
 
 For arrays the batch of step s is a pure function of (seed, s): each epoch is a fresh
 permutation drawn from a generator seeded by (seed, epoch), and the trailing partial batch is
-dropped. A resumed run therefore needs only the step index. Iterables are replayed by skipping
-the batches already consumed.
+dropped. A resumed run therefore needs only the step index. The rows of a batch are read in
+sorted order for every array type, so a tensor, an in-memory array and a memmap of the same data
+give bit-identical batches. Iterables are replayed by skipping the batches already consumed; a
+one-shot iterator cannot be replayed, so batches read ahead with ``batch(step, keep=True)`` (the
+normalisation sample) are kept and handed out again when training reaches their step.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ class BatchSource:
         self._iterable: Iterable | None = None
         self._iter: Iterator | None = None
         self._next_step = 0
+        self._kept: dict[int, torch.Tensor] = {}
+        self._perm_cache: tuple[int, torch.Tensor | None] = (-1, None)
         if isinstance(data, (torch.Tensor, np.ndarray)):
             if data.ndim != 2 or data.shape[1] != d_model:
                 raise ValueError(f"data must have shape (N, {d_model}), got {tuple(data.shape)}")
@@ -40,20 +45,32 @@ class BatchSource:
                             f"got {type(data).__name__}")
 
     def _perm(self, epoch: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self._array.shape[0], generator=gen)
+        if self._perm_cache[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm_cache = (epoch, torch.randperm(self._array.shape[0], generator=gen))
+        return self._perm_cache[1]
 
     def _from_array(self, step: int) -> torch.Tensor:
         epoch, i = divmod(step, self.batches_per_epoch)
-        idx = self._perm(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+        # Sorted reads are far faster on a memmap; tensors use the same order so that the data's
+        # container cannot change the (row-order dependent, in floating point) training result.
+        rows = self._perm(epoch)[i * self.batch_size:(i + 1) * self.batch_size].sort().values
         if isinstance(self._array, torch.Tensor):
-            return self._array[idx.to(self._array.device)]
-        # Sorted reads are far faster on a memmap; the loss does not depend on row order.
-        rows = np.sort(idx.numpy())
-        return torch.from_numpy(np.ascontiguousarray(self._array[rows]))
+            return self._array[rows.to(self._array.device)]
+        return torch.from_numpy(np.ascontiguousarray(self._array[rows.numpy()]))
 
-    def _from_iterable(self, step: int) -> torch.Tensor:
+    @property
+    def one_shot(self) -> bool:
+        """True for an iterable that is its own iterator (a generator): it cannot be re-read."""
+        return self._iterable is not None and iter(self._iterable) is self._iterable
+
+    def _from_iterable(self, step: int, keep: bool = False) -> torch.Tensor:
+        if step in self._kept:
+            return self._kept[step] if keep else self._kept.pop(step)
         if self._iter is None or step < self._next_step:
+            if self._iter is not None and self.one_shot:
+                raise ValueError(f"step {step}: cannot go back to an earlier batch of a one-shot "
+                                 f"iterator (at batch {self._next_step}); pass a re-iterable")
             self._iter, self._next_step = iter(self._iterable), 0
         while True:
             try:
@@ -67,11 +84,18 @@ class BatchSource:
                 continue
             self._next_step += 1
             if self._next_step > step:
-                return torch.as_tensor(item)
+                x = torch.as_tensor(item)
+                if keep and self.one_shot:
+                    self._kept[step] = x
+                return x
 
-    def batch(self, step: int) -> torch.Tensor:
-        """The (B, d) float32 batch for ``step``; raises ValueError naming the step on bad shape."""
-        x = self._from_array(step) if self._array is not None else self._from_iterable(step)
+    def batch(self, step: int, keep: bool = False) -> torch.Tensor:
+        """The (B, d) float32 batch for ``step``; raises ValueError naming the step on bad shape.
+
+        ``keep=True`` marks a read-ahead (e.g. for normalisation): a one-shot iterator's batch is
+        then kept until ``batch(step)`` is asked for again, instead of being lost.
+        """
+        x = self._from_array(step) if self._array is not None else self._from_iterable(step, keep)
         if x.ndim != 2 or x.shape[1] != self.d_model or x.shape[0] == 0:
             raise ValueError(f"step {step}: batch has shape {tuple(x.shape)}, expected (B>0, {self.d_model})")
         return x.float() if x.dtype != torch.float32 else x

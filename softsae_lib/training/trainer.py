@@ -23,7 +23,10 @@ from softsae_lib.saes.auxk import auxk_loss
 from softsae_lib.saes.base import SAE, StepContext
 from softsae_lib.training import schedules
 from softsae_lib.training.checkpoint import (
-    CHECKPOINT_FILE, check_compatible, load_checkpoint, save_checkpoint,
+    CHECKPOINT_FILE,
+    check_compatible,
+    load_checkpoint,
+    save_checkpoint,
 )
 from softsae_lib.training.config import TrainConfig
 from softsae_lib.training.data import BatchSource
@@ -55,9 +58,11 @@ def _fit_normalization(model: SAE, source: BatchSource, cfg: TrainConfig) -> Non
     n = cfg.normalization_batches
     if source.batch_size is not None:
         n = min(n, source.batches_per_epoch)
+    elif source.one_shot:
+        n = min(n, cfg.steps)  # a one-shot iterator may hold no more batches than the run uses
     sample = []
     for i in range(max(1, n)):
-        x = source.batch(i)
+        x = source.batch(i, keep=True)
         _check_batch(x, i)
         sample.append(x)
     model.fit_normalization(torch.cat(sample))
@@ -115,8 +120,9 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
     alpha_final = getattr(model.config, "alpha", 1.0)
     k_aux = cfg.k_aux if cfg.k_aux is not None else model.d_model // 2
     use_autocast = cfg.autocast_bf16 and device.type == "cuda"
-    bar = tqdm(total=cfg.steps, initial=start, disable=(not cfg.progress) if cfg.progress is not None else None,
-               desc=f"train {model.arch}", dynamic_ncols=True)
+    # tqdm's disable=None means "only on a terminal".
+    quiet = None if cfg.progress is None else not cfg.progress
+    bar = tqdm(total=cfg.steps, initial=start, disable=quiet, desc=f"train {model.arch}", dynamic_ncols=True)
     t0 = time.perf_counter()
     model.train()
     for step in range(start, cfg.steps):
@@ -147,7 +153,8 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
             raise TrainingError(f"step {step}: loss is {loss_value} ({terms}); lower lr or check the data")
         if terms.get("l2", 0.0) > cfg.divergence_factor * max(variance, 1e-12):
             raise TrainingError(f"step {step}: reconstruction loss {terms['l2']:.4g} exceeds "
-                                f"{cfg.divergence_factor}× the batch variance {variance:.4g}: training diverged")
+                                f"{cfg.divergence_factor}× the batch variance {variance:.4g}: "
+                                f"training diverged")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         model.remove_parallel_decoder_grad()

@@ -1,0 +1,37 @@
+# Two commands for a fresh machine: `make reproduce` (main job) and `make test`.
+# Both create .venv when missing and install the pinned environment first.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROFILE ?= local
+
+.PHONY: venv test reproduce bench lint clean-venv
+
+$(STAMP): requirements-lock.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# The pinned torch first: a bare `pip install torch` would pull several GB of CUDA wheels.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -r requirements-lock.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+reproduce: $(STAMP)
+	$(BIN)/python -m softsae_lib demo --profile $(PROFILE) --out results
+
+bench: $(STAMP)
+	mkdir -p results/bench
+	$(BIN)/python -m benchmarks.soft_topk > results/bench/soft_topk.json
+	$(BIN)/python -m benchmarks.train_step > results/bench/train_step.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check softsae_lib tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

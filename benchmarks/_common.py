@@ -1,0 +1,57 @@
+"""Helpers shared by the benchmark scripts: timing, peak-memory in a child process, JSON output."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def best_time(fn: Callable[[], None], repeats: int = 5, warmup: int = 1) -> float:
+    """Minimum wall time of ``fn`` over ``repeats`` runs (seconds), synchronising CUDA."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def peak_rss_bytes() -> int:
+    """High-water mark of this process's resident memory in bytes.
+
+    Reads VmHWM, which starts afresh in an exec'd child; ru_maxrss (the fallback off Linux)
+    carries the parent's peak across exec on Linux and would hide the child's own.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_child(module: str, *args: str) -> dict:
+    """Run ``python -m module args`` and parse the JSON it prints on its last line."""
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def emit(result: dict) -> None:
+    from softsae_lib.provenance import provenance
+
+    result = {**result, "provenance": provenance()}
+    print(json.dumps(result, indent=2))

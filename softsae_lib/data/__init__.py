@@ -1,0 +1,1 @@
+"""Data sources: synthetic data with ground truth (and, later, captured activations)."""

@@ -1,0 +1,1 @@
+"""Experiment drivers: library calls that notebooks and the command line share."""
