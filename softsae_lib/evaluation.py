@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from softsae_lib.metrics import (
@@ -17,9 +18,12 @@ from softsae_lib.saes.base import SAE
 
 
 def _batches(data, batch_size: int):
-    if isinstance(data, torch.Tensor) or hasattr(data, "shape"):
+    if isinstance(data, torch.Tensor):
         for i in range(0, data.shape[0], batch_size):
-            yield torch.as_tensor(data[i:i + batch_size])
+            yield data[i:i + batch_size]
+    elif isinstance(data, np.ndarray):  # includes read-only memmaps: copy each batch out
+        for i in range(0, data.shape[0], batch_size):
+            yield torch.from_numpy(np.array(data[i:i + batch_size], dtype=np.float32))
     else:
         yield from data
 

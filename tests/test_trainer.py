@@ -415,3 +415,16 @@ def test_no_auxk_when_nothing_dead_or_not_used() -> None:
     assert "auxk" not in h.columns and (h["dead_fraction"] > 0).any()
     h = train_sae(_model("topk"), _data(), _cfg(steps=5, dead_threshold=1, auxk_alpha=0.0)).history
     assert "auxk" not in h.columns
+
+
+def test_second_run_on_trained_model_keeps_b_dec():
+    """Fine-tuning a trained (or loaded) model must not reset b_dec to a fresh geometric median."""
+    torch.manual_seed(0)
+    x = torch.randn(512, 8) + 3.0
+    m = make_sae("topk", d_model=8, dict_size=32, k=2)
+    cfg = TrainConfig(steps=5, batch_size=64, lr=1e-2, warmup_steps=0, progress=False)
+    train_sae(m, x, cfg)
+    assert bool(m.b_dec_initialized)
+    before = m.b_dec.detach().clone()
+    train_sae(m, x, TrainConfig(steps=1, batch_size=64, lr=0.0, warmup_steps=0, progress=False))
+    assert torch.equal(m.b_dec, before)

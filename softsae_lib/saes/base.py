@@ -119,6 +119,7 @@ class SAE(nn.Module):
         self.register_buffer("norm_shift", torch.zeros(d))
         self.register_buffer("norm_scale", torch.ones(()))
         self.register_buffer("norm_fitted", torch.tensor(config.normalization == "none"))
+        self.register_buffer("b_dec_initialized", torch.tensor(False))
         self._init_extra(gen)
 
     # ------------------------------------------------------------------ hooks for subclasses
@@ -197,6 +198,7 @@ class SAE(nn.Module):
     def init_b_dec(self, x_n: torch.Tensor) -> None:
         """b_dec ← geometric median of a normalised batch x_n: (B, d) (reference §1.1)."""
         self.b_dec.copy_(geometric_median(x_n.float()).to(self.b_dec.dtype))
+        self.b_dec_initialized.fill_(True)
 
     # ------------------------------------------------------------------ decoder constraint
     @torch.no_grad()

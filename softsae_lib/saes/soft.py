@@ -12,8 +12,9 @@ Loss (§1.3): ‖x_n − x̂_n‖² + λ_k · softplus_β(mean_b k̂ − k(t)), 
 Choices, relative to the official code:
 * k_max = 2k as in the LLM copy (the CLIP copy's k-annealing makes it 2d; we do not follow that).
 * Inference floors k̂ (the official ``.long()``), in the hard training phase and at inference alike.
-* k̂ is computed in float32 even under bf16 autocast: the official LLM runs quantise k̂ to the bf16
-  grid (step 0.25 near k = 40, 4 near 640), which we regard as a bug.
+* The k-estimator's last layer and sigmoid run in float32 even under bf16 autocast, so k̂ is not
+  quantised: the official LLM runs put k̂ on the bf16 grid (step 0.25 near k = 40, 4 near 640),
+  which we regard as a bug. (Its wide hidden layer may still run in bf16.)
 * Dead-latent tracking counts a latent as fired when its soft mask p > ½ (in the hard limit: the
   top ⌊k̂⌋, plus the next one when frac(k̂) > ½); the official code counts any r·p > 0, which
   marks almost everything alive at large α.

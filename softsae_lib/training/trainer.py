@@ -1,6 +1,6 @@
 """One trainer for every architecture (reference §1.4 for the step and its schedules).
 
-Per step: normalise the batch with the model's stored normalisation; at step 0 set b_dec to
+Per step: normalise the batch with the model's stored normalisation; on a fresh model set b_dec to
 the batch's geometric median; model loss (+ AuxK on dead latents); backward; remove the
 decoder-parallel gradient; clip; Adam with warm-up/decay; renormalise the decoder; update the
 dead-latent counters and the model's non-gradient state.
@@ -129,7 +129,7 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
         x = source.batch(step).to(device, non_blocking=True)
         _check_batch(x, step)
         x_n = model.normalize(x)
-        if step == 0:
+        if not bool(model.b_dec_initialized):  # a fresh model; fine-tuning keeps its b_dec
             model.init_b_dec(x_n)
         ctx = StepContext(
             step=step, total_steps=cfg.steps,
