@@ -182,17 +182,15 @@ class _SoftTopK(torch.autograd.Function):
         # Σ q v split into the tail (q = p/α, p stored) and the exact float64 window. The tail is
         # summed directly (window zeroed): subtracting the window from a full Σ p v cancels
         # catastrophically (error ~ eps·k/α, huge next to a tiny S at an integer k).
-        if win_idx.shape[1] < p.shape[1]:
-            pv_tail = torch.einsum("bn,bn->b", p, v.scatter(1, win_idx, 0.0)).to(wdt)
-        else:
-            pv_tail = torch.zeros_like(S)
+        # The window-zeroed copy of v is then turned into grad_x in place.
+        v_tail = v.scatter(1, win_idx, 0.0)
+        pv_tail = torch.einsum("bn,bn->b", p, v_tail).to(wdt)
         qv = pv_tail / alpha + (q_win * v_win).sum(dim=1)
         vbar = torch.where(S > 0, qv / S_safe, torch.zeros_like(qv))
         grad_x = grad_k = grad_alpha = None
         if ctx.needs_input_grad[0]:
-            # (v − v̄)/α ⊙ p in two passes; the window is overwritten with its exact q(v − v̄).
-            grad_x = torch.add((-vbar / alpha).to(v.dtype).unsqueeze(1), v, alpha=1.0 / alpha)
-            grad_x.mul_(p)
+            # Tail: q(v − v̄) = (v − v̄)·p/α; the window is overwritten with its exact q(v − v̄).
+            grad_x = v_tail.sub_(vbar.to(v.dtype).unsqueeze(1)).mul_(p).mul_(1.0 / alpha)
             grad_x.scatter_(1, win_idx, (q_win * (v_win - vbar.unsqueeze(1))).to(v.dtype))
         if ctx.needs_input_grad[1]:
             grad_k = vbar.unsqueeze(1).to(v.dtype)
