@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 reproduce: $(STAMP)
-	$(BIN)/python -m softsae_lib demo --profile $(PROFILE) --out results
+	$(BIN)/python -m softsae_lib reproduce --profile $(PROFILE) --out results
 
 bench: $(STAMP)
 	mkdir -p results/bench

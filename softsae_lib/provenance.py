@@ -44,3 +44,24 @@ def provenance() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
     }
+
+
+def save_metrics(path, metrics: dict) -> None:
+    """Write ``metrics`` plus this run's provenance as JSON, atomically (NaN becomes null)."""
+    import json
+    import math
+
+    from softsae_lib.atomic import atomic_write_text
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            return clean(v.item())
+        return v
+
+    atomic_write_text(path, json.dumps(clean({**metrics, "provenance": provenance()}), indent=2))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from softsae_lib.ops import soft_topk, window_size
+from softsae_lib.ops import soft_topk, soft_topk_gate, window_size
 
 F64 = torch.float64
 ALPHAS = [1.0, 1e-1, 1e-2, 1e-4]
@@ -571,3 +571,37 @@ def test_cuda_matches_cpu(dtype):
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     for c, g in zip(out["cpu"], out["cuda"], strict=True):
         assert (c - g).abs().max().item() <= tol * (1 + c.abs().max().item())
+
+
+# ------------------------------------------------------------------ fused gate x ⊙ p
+
+
+@pytest.mark.parametrize("n,k_vals", [(12, [2.3, 5.0, 0.7, 11.2]), (300, [3.5, 10.0, 1.2, 7.7])])
+def test_gate_gradcheck_x_and_k(n, k_vals):
+    """n=12 uses the full sort, n=300 the top-K window."""
+    torch.manual_seed(3)
+    x = torch.randn(4, n, dtype=torch.float64).relu().add(0.01 * torch.rand(4, n, dtype=torch.float64))
+    x.requires_grad_(True)
+    k = torch.tensor(k_vals, dtype=torch.float64).unsqueeze(1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: soft_topk_gate(a, b, 0.3)[0], (x, k))
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1e-2, 1e-4])
+def test_gate_matches_unfused_product(alpha):
+    torch.manual_seed(4)
+    x = torch.randn(16, 2000).relu_()
+    k = (torch.rand(16, 1) * 40 + 1)
+    g = torch.randn(16, 2000)
+    xa, ka = x.clone().requires_grad_(), k.clone().requires_grad_()
+    z_ref = xa * soft_topk(xa, ka, alpha)
+    z_ref.backward(g)
+    xb, kb = x.clone().requires_grad_(), k.clone().requires_grad_()
+    z, t = soft_topk_gate(xb, kb, alpha)
+    z.backward(g)
+    torch.testing.assert_close(z, z_ref.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(kb.grad, ka.grad, rtol=1e-4, atol=1e-5)
+    # t is the threshold: p > 1/2 exactly where x > t.
+    p = soft_topk(x, k, alpha)
+    assert t.shape == (16,)
+    assert torch.equal(p > 0.5, x > t.unsqueeze(1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,3 +44,261 @@ def sparse_superposition(n_samples: int, d: int, n_features: int, min_active: in
     codes = coeffs * support
     x = codes @ features + noise * torch.randn(n_samples, d, generator=gen)
     return SparseSuperposition(x=x, features=features, codes=codes, n_active=n_active)
+
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Mixture of manifolds of different intrinsic dimensions (ground truth for "k̂ ∝ local intrinsic dimension")
+# ------------------------------------------------------------------------------------------------------------
+
+_LATENTS = ("uniform", "gaussian")
+_LIFT_OMEGA = math.pi / math.sqrt(3.0)
+"""Angular frequency of the curvature lift per unit-variance latent coordinate: a uniform coordinate spans
+[-√3, √3], i.e. exactly one period of the sine."""
+
+
+@dataclass
+class ManifoldMixture:
+    """Samples from M manifolds in R^D of intrinsic dimensions d_m, with per-sample ground truth.
+
+    Noise-free points are ``x_clean = centres[m] + bases[m] @ [u ; g_m(u)]`` where ``u ∈ R^{d_m}`` are the
+    latent coordinates (``latents[:, :d_m]``) and ``g_m`` the curvature lift (absent when ``curvature == 0``);
+    with ``equal_norm`` that point is then radially rescaled to norm √(‖c_m‖² + radius²).
+    ``x = x_clean + noise · ε``. All per-sample tensors share the same (shuffled) order. See
+    :func:`manifold_mixture` for the construction; :meth:`embed` and :meth:`tangent_basis` expose the maps.
+    """
+
+    x: torch.Tensor
+    """(N, D) float32 observed samples (with noise)."""
+    x_clean: torch.Tensor
+    """(N, D) float32 noise-free points, exactly on their manifold."""
+    intrinsic_dim: torch.Tensor
+    """(N,) long, true intrinsic dimension d_m of each sample's manifold."""
+    manifold_id: torch.Tensor
+    """(N,) long, index m of each sample's manifold (into ``dims``, ``centres``, ``bases``)."""
+    latents: torch.Tensor
+    """(N, max d_m) float32 latent coordinates u, zero-padded beyond d_m."""
+    dims: torch.Tensor
+    """(M,) long, intrinsic dimension of each manifold."""
+    centres: torch.Tensor
+    """(M, D) float32 centres, each of norm ``separation · radius``; the mean of its manifold (unless
+    ``equal_norm``)."""
+    bases: list[torch.Tensor]
+    """Per manifold a (D, d_m) (flat) or (D, 2 d_m) (curved) float32 matrix with orthonormal columns; the
+    first d_m columns carry the latent coordinates, the rest the curvature lift."""
+    radius: float
+    """E‖x_clean − centre‖² = radius² for every manifold (exact unless ``equal_norm``)."""
+    curvature: float
+    noise: float
+    equal_norm: bool
+    latent_scale: torch.Tensor
+    """(M,) float64, std of each latent coordinate: radius / √d_m, shrunk further when curved."""
+    lift_weights: list[torch.Tensor]
+    """Per manifold (d_m, d_m) float64 unit-norm rows w_l of the curvature lift."""
+    lift_phases: list[torch.Tensor]
+    """Per manifold (d_m,) float64 phases φ_l of the curvature lift."""
+    lift_offsets: list[torch.Tensor]
+    """Per manifold (d_m,) float64 exact means μ_l of the lift's sines (subtracted, so that E x = centre)."""
+
+    @property
+    def n_manifolds(self) -> int:
+        return len(self.bases)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """(M,) number of samples per manifold."""
+        return torch.bincount(self.manifold_id, minlength=self.n_manifolds)
+
+    def _target_norm(self, m: int) -> float:
+        return math.sqrt(float(self.centres[m].double().norm()) ** 2 + self.radius**2)
+
+    def embed(self, m: int, u: torch.Tensor) -> torch.Tensor:
+        """Noise-free embedding of latent coordinates ``u`` (n, d_m) of manifold ``m``: (n, D)."""
+        d = int(self.dims[m])
+        if u.shape[-1] != d:
+            raise ValueError(f"manifold {m} has intrinsic dimension {d}, got latents of width {u.shape[-1]}")
+        y = u
+        if self.curvature > 0:
+            s = float(self.latent_scale[m])
+            w, phase = self.lift_weights[m].to(u.dtype), self.lift_phases[m].to(u.dtype)
+            lift = torch.sin(_LIFT_OMEGA * (u / s) @ w.T + phase) - self.lift_offsets[m].to(u.dtype)
+            y = torch.cat([u, self.curvature * s * lift], dim=-1)
+        x = self.centres[m].to(u.dtype) + y @ self.bases[m].to(u.dtype).T
+        if self.equal_norm:
+            x = x * (self._target_norm(m) / x.norm(dim=-1, keepdim=True))
+        return x
+
+    def tangent_basis(self, index: int) -> torch.Tensor:
+        """(D, d_m) orthonormal basis of the tangent space of sample ``index``'s manifold at its point."""
+        m = int(self.manifold_id[index])
+        d = int(self.dims[m])
+        basis = self.bases[m].double()
+        jac = basis[:, :d]
+        if self.curvature > 0:
+            s = float(self.latent_scale[m])
+            z = self.latents[index, :d].double() / s
+            w, phase = self.lift_weights[m], self.lift_phases[m]
+            # u = s z, g = κ s (sin(ω W z + φ) − μ)  ⇒  dg/du = κ ω diag(cos(ω W z + φ)) W
+            dg = self.curvature * _LIFT_OMEGA * torch.cos(_LIFT_OMEGA * w @ z + phase)[:, None] * w
+            jac = jac + basis[:, d:] @ dg
+        if self.equal_norm:  # d(R x/‖x‖) ∝ (I − x̂ x̂ᵀ) dx
+            point = self.embed(m, self.latents[index:index + 1, :d].double())
+            xhat = torch.nn.functional.normalize(point, dim=1)
+            jac = jac - xhat.T @ (xhat @ jac)
+        return torch.linalg.qr(jac).Q.float()
+
+
+def _mean_cos(a: torch.Tensor, latent: str) -> torch.Tensor:
+    """E cos(a·z) for z with iid zero-mean unit-variance coordinates; a (..., d) → (...).
+
+    Uses E cos(Σ a_j z_j) = Π_j E cos(a_j z_j) (independent, symmetric z_j)."""
+    if latent == "gaussian":
+        return torch.exp(-0.5 * (a**2).sum(-1))
+    t = math.sqrt(3.0) * a  # z_j ~ U[-√3, √3]: E cos(a z) = sin(√3 a) / (√3 a)
+    return torch.sinc(t / math.pi).prod(-1)
+
+
+def manifold_mixture(n_samples: int, ambient_dim: int, intrinsic_dims: Sequence[int] = (1, 2, 4, 8, 16, 32),
+                     curvature: float = 0.0, noise: float = 0.01,
+                     samples_per_manifold: Sequence[int] | None = None, separation: float = 4.0,
+                     radius: float = 1.0, latent: str = "uniform", equal_norm: bool = False, seed: int = 0,
+                     sample_seed: int | None = None) -> ManifoldMixture:
+    """Mixture of M = len(intrinsic_dims) manifolds of intrinsic dimensions d_m embedded in R^D.
+
+    Construction, for manifold m with d = d_m:
+
+    * **Latents.** z ∈ R^d with iid zero-mean unit-variance coordinates: ``latent="uniform"`` (default) draws
+      z_j ~ U[-√3, √3] (a cube: constant density, but boundaries, which bias kNN LID estimators low),
+      ``"gaussian"`` draws z_j ~ N(0, 1) (no boundary, varying density). The latent coordinates are
+      u = σ_d z with σ_d = radius / √d.
+    * **No norm confound.** A naive cube/Gaussian has E‖u‖² ∝ d, so ‖x‖ would reveal d and a model could
+      track the norm instead of the LID. With σ_d = radius / √d, E‖u‖² = radius² for every d (the
+      per-coordinate extent shrinks as 1/√d; the *whole* manifold has the same RMS size). After the optional
+      curvature lift the embedding is rescaled by the exact factor that restores E‖x_clean − c_m‖² = radius²,
+      and the lift is centred so that E x_clean = c_m. Every centre has norm ``separation · radius``; centres
+      are orthonormal directions (random QR) when M ≤ D, so all pairwise centre distances equal
+      √2 · separation · radius (and the mixture is symmetric about its mean), else independent random unit
+      directions. Hence E‖x‖² = (separation² + 1) radius² + D noise² for every manifold. A second-order cue
+      remains: ‖u‖ concentrates as d grows (relative spread ∝ 1/√d, unavoidable for a non-singular
+      d-dimensional density with fixed E‖u‖²), so low-d manifolds have more spread-out norms and, by Jensen,
+      a slightly smaller mean ‖x‖; the rank correlation of ‖x‖ with d stays ≈ 0.1 for uniform latents
+      (≈ 0.2 for Gaussian ones) instead of ≈ 0.9 for the naive construction. ``equal_norm=True`` removes
+      even that: each noise-free point is rescaled radially to norm √(‖c_m‖² + radius²). Because every basis
+      is orthogonal to its own centre, that radial map is a diffeomorphism of the manifold onto its image
+      (all points share the component ‖c_m‖ along c_m, tangent vectors are ⊥ c_m), so d is unchanged; the
+      price is extra curvature 1/√(‖c_m‖² + radius²) and E‖x_clean − c_m‖² only ≈ radius². Needs
+      separation > 0 and D ≥ (the dimensions below) + 1.
+    * **Embedding.** A random isometry: ``bases[m]`` = orthonormal columns from the QR of a Gaussian D × k
+      matrix, drawn independently per manifold and, when D > k, within the orthogonal complement of its own
+      centre (spans of different manifolds generally overlap; manifolds are kept apart by their centres).
+      x_clean = c_m + B_m [u ; g(u)].
+    * **Curvature** (``curvature = κ > 0``): the latents are lifted into d more dimensions by the graph map
+      u ↦ (u, g(u)), g_l(u) = κ σ_d (sin(ω w_l·z + φ_l) − μ_l), l = 1..d, with random unit w_l ∈ R^d
+      (non-orthogonal, so the surface is genuinely curved and not a product of planar curves), random phases
+      φ_l, ω = π/√3 (one full period across a uniform coordinate) and μ_l = E sin(ω w_l·z + φ_l) computed
+      exactly. A graph of a smooth map is an embedding, so the intrinsic dimension stays exactly d; κ is the
+      bending amplitude relative to the per-coordinate extent (scale-free: the same shape for every d, so
+      the absolute curvature grows like √d). Requires D ≥ 2 max d_m.
+    * **Noise.** x = x_clean + noise · ε, ε ~ N(0, I_D) isotropic in the ambient space. Noise makes the
+      data D-dimensional at small scales: below roughly noise · √(2D) (the typical distance between two
+      noisy copies of one point) any LID estimator sees the ambient dimension, so compare k̂ with d_m only
+      at scales well above that (or use ``noise=0`` / ``x_clean``).
+
+    ``samples_per_manifold`` (length M, summing to ``n_samples``) defaults to an equal split (the remainder
+    goes to the first manifolds). The sample order is shuffled; all ground truth is aligned with ``x``.
+
+    Deterministic given ``seed``. The geometry (centres, bases, lift) is drawn first from ``seed``; the
+    samples (latents, noise, shuffle) follow from the same generator, or from ``sample_seed`` if given, so
+    ``sample_seed`` gives fresh samples (e.g. a test split) of the *same* manifolds. The random draws do not
+    depend on ``curvature``, ``noise``, ``separation``, ``radius`` or ``equal_norm`` (except whether a basis
+    has room to avoid its centre), so sweeping one of them reuses the same directions and latents.
+    """
+    dims = [int(d) for d in intrinsic_dims]
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be ≥ 1, got {n_samples}")
+    if not dims or min(dims) < 1:
+        raise ValueError(f"intrinsic_dims must be a non-empty sequence of positive ints, got {tuple(dims)}")
+    if latent not in _LATENTS:
+        raise ValueError(f"latent must be one of {_LATENTS}, got {latent!r}")
+    for name, value in (("curvature", curvature), ("noise", noise), ("separation", separation)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be ≥ 0, got {value}")
+    if not radius > 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    if equal_norm and not separation > 0:
+        raise ValueError("equal_norm=True needs separation > 0 (the radial rescaling is about the origin)")
+    d_max = max(dims)
+    lift = d_max if curvature > 0 else 0
+    need = d_max + lift + int(equal_norm)
+    if ambient_dim < need:
+        parts = [f"{d_max} intrinsic"] + [f"{lift} curvature-lift"] * bool(lift) + ["1 radial"] * equal_norm
+        raise ValueError(f"ambient_dim={ambient_dim} is too small: the largest manifold needs "
+                         f"{' + '.join(parts)} dimensions = {need}")
+    n_man = len(dims)
+    if samples_per_manifold is None:
+        q, r = divmod(n_samples, n_man)
+        counts = [q + (i < r) for i in range(n_man)]
+    else:
+        counts = [int(c) for c in samples_per_manifold]
+        if len(counts) != n_man or min(counts) < 0 or sum(counts) != n_samples:
+            raise ValueError(f"samples_per_manifold must be {n_man} non-negative ints summing to "
+                             f"n_samples={n_samples}, got {tuple(counts)}")
+
+    # ---- geometry (independent of n_samples, curvature, noise, separation, radius) ----
+    gen = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(n_man, ambient_dim, generator=gen, dtype=torch.float64)
+    if n_man <= ambient_dim:
+        dirs = torch.linalg.qr(dirs.T).Q.T
+    else:
+        dirs = torch.nn.functional.normalize(dirs, dim=1)
+    centres = (separation * radius * dirs).float()
+    bases, weights, phases, offsets, scales = [], [], [], [], []
+    for m, d in enumerate(dims):
+        # Rows 0..d-1 are drawn the same whether or not the lift rows are used, and QR's first d columns
+        # depend only on the first d columns, so flat and curved versions share the flat directions.
+        gauss = torch.randn(2 * d, ambient_dim, generator=gen, dtype=torch.float64)
+        w = torch.nn.functional.normalize(torch.randn(d, d, generator=gen, dtype=torch.float64), dim=1)
+        phase = 2 * math.pi * torch.rand(d, generator=gen, dtype=torch.float64)
+        k = d + lift
+        g = gauss[:k]
+        if ambient_dim > k:  # keep the manifold's span orthogonal to its own centre
+            g = g - (g @ dirs[m])[:, None] * dirs[m]
+        bases.append(torch.linalg.qr(g.T).Q.float())
+        mu = torch.sin(phase) * _mean_cos(_LIFT_OMEGA * w, latent)
+        mean_sq = 0.5 - 0.5 * torch.cos(2 * phase) * _mean_cos(2 * _LIFT_OMEGA * w, latent)
+        var_lift = float((mean_sq - mu**2).sum())  # Σ_l Var sin(ω w_l·z + φ_l)
+        # E‖[u; g]‖² = σ_d² (d + κ² Σ_l Var_l) with σ_d = radius/√d; shrink so that it equals radius².
+        scales.append(radius / math.sqrt(d + curvature**2 * var_lift))
+        weights.append(w)
+        phases.append(phase)
+        offsets.append(mu)
+
+    # ---- samples ----
+    gen_s = gen if sample_seed is None else torch.Generator().manual_seed(sample_seed)
+    dims_t = torch.tensor(dims)
+    manifold_id = torch.repeat_interleave(torch.arange(n_man), torch.tensor(counts))
+    latents = torch.zeros(n_samples, d_max)
+    x_clean = torch.empty(n_samples, ambient_dim)
+    out = ManifoldMixture(x=x_clean, x_clean=x_clean, intrinsic_dim=dims_t[manifold_id],
+                          manifold_id=manifold_id, latents=latents, dims=dims_t, centres=centres, bases=bases,
+                          radius=float(radius), curvature=float(curvature), noise=float(noise),
+                          equal_norm=bool(equal_norm), latent_scale=torch.tensor(scales, dtype=torch.float64),
+                          lift_weights=weights, lift_phases=phases, lift_offsets=offsets)
+    start = 0
+    for m, (d, n) in enumerate(zip(dims, counts, strict=True)):
+        if latent == "uniform":
+            z = math.sqrt(3.0) * (2 * torch.rand(n, d, generator=gen_s) - 1)
+        else:
+            z = torch.randn(n, d, generator=gen_s)
+        u = scales[m] * z
+        latents[start:start + n, :d] = u
+        x_clean[start:start + n] = out.embed(m, u)
+        start += n
+    eps = torch.randn(n_samples, ambient_dim, generator=gen_s)
+    perm = torch.randperm(n_samples, generator=gen_s)
+    out.x = (x_clean + noise * eps)[perm]
+    out.x_clean = x_clean[perm]
+    out.latents = latents[perm]
+    out.manifold_id = manifold_id[perm]
+    out.intrinsic_dim = out.intrinsic_dim[perm]
+    return out

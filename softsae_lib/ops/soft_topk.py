@@ -33,10 +33,11 @@ returned as exact zeros so that no denormal numbers reach downstream matmuls.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["soft_topk", "window_size"]
+__all__ = ["soft_topk", "soft_topk_gate", "window_size"]
 
 # ln of the smallest normal float, per dtype (see the tail pass in forward).
 _EXP_FLOOR = {torch.float32: -87.0, torch.float64: -708.0}
@@ -125,68 +126,94 @@ def _solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha
     return torch.where(upper, t_upper, torch.where(lower, t_lower, t))
 
 
+@dataclass
+class _Forward:
+    """What the forward pass leaves for the backward pass (all per row: (B,), or (B, K) window)."""
+
+    p: torch.Tensor  # (B, n) the mask, in x's dtype
+    win_idx: torch.Tensor  # (B, K) positions of the top-K window
+    p_win: torch.Tensor  # (B, K) float64 p on the window
+    q_win: torch.Tensor  # (B, K) float64 q = f((x − t)/α)/α on the window
+    S: torch.Tensor  # (B,) Σ_j q_j
+    t: torch.Tensor  # (B,) threshold, ±∞ for k = 0 or n
+
+
+def _lapsum_forward(x: torch.Tensor, k: torch.Tensor, alpha: float, window: int | None) -> _Forward:
+    """x: (B, n) float32/float64, finite; k: (B, 1) in [0, n]."""
+    B, n = x.shape
+    wdt = torch.float64 if x.device.type != "mps" else torch.float32
+    kk = k.reshape(B).to(wdt)
+    K = window_size(float(kk.max()), n) if window is None else min(n, window)
+    if K < n:
+        s, win_idx = torch.topk(x, K, dim=1, sorted=True)
+    else:
+        s, win_idx = torch.sort(x, dim=1, descending=True)
+    s_last = s[:, -1:]
+    # Tail buffer: e^{(x_j − s_{K−1})/α} off the window, 0 on it; later turned into p in place.
+    buf = torch.sub(x, s_last)
+    # Exponents below the smallest normal number are clamped there: libm's slow path for
+    # underflowing exp costs ~10x, and the clamped terms (< 1e-38 each) are far below the
+    # dtype's resolution of any sum that matters. The window is zeroed after the exp.
+    buf.mul_(1.0 / alpha).clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_()
+    buf.scatter_(1, win_idx, 0.0)
+    tail = buf.sum(dim=1).to(wdt)
+    s64 = s.to(wdt)
+    zero_rows = kk <= 0
+    full_rows = kk >= n
+    k_safe = torch.where(zero_rows | full_rows, torch.full_like(kk, n / 2), kk)
+    t = _solve_threshold(s64, tail, k_safe, alpha, n)
+    t = torch.where(zero_rows, math.inf, torch.where(full_rows, -math.inf, t))
+    # Off-window p_j = ½ e^{(x_j − t)/α} = buf_j · ½ e^{(s_{K−1} − t)/α} (exponent ≤ 0).
+    gamma = 0.5 * torch.exp((s64[:, -1] - t) / alpha)
+    buf.mul_(gamma.to(x.dtype).unsqueeze(1))
+    u_win = (s64 - t.unsqueeze(1)) / alpha
+    p_win = _laplace_cdf(u_win)
+    buf.scatter_(1, win_idx, p_win.to(x.dtype))
+    # Flush negligible p to exact zeros: denormals (and the products they make downstream,
+    # e.g. r ⊙ p in SoftSAE) slow every later matmul by an order of magnitude on x86 CPUs.
+    # Done after the window is written so that a tie block straddling the window edge gets
+    # one value (flushing the tail alone broke exact ties there).
+    torch.nn.functional.threshold_(buf, _FLUSH_BELOW[x.dtype], 0.0)
+    q_win = 0.5 * torch.exp(-u_win.abs()) / alpha
+    # Σ_j q_j: the tail's q is p/α, and the tail's Σp is γ·T.
+    S = (gamma * tail) / alpha + q_win.sum(dim=1)
+    return _Forward(buf, win_idx, p_win, q_win, S, t)
+
+
+def _vbar(p: torch.Tensor, v_tail: torch.Tensor, v_win: torch.Tensor, q_win: torch.Tensor,
+          S: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ q v, v̄ = Σ q v / S) per row, from the window-zeroed upstream v_tail: (B, n).
+
+    The tail (q = p/α, p stored) is summed directly with the window zeroed: subtracting the
+    window from a full Σ p v cancels catastrophically (error ~ eps·k/α, huge next to a tiny S
+    at an integer k). The window part is exact float64.
+    """
+    pv_tail = torch.einsum("bn,bn->b", p, v_tail).to(S.dtype)
+    qv = pv_tail / alpha + (q_win * v_win).sum(dim=1)
+    vbar = torch.where(S > 0, qv / torch.where(S > 0, S, torch.ones_like(S)), torch.zeros_like(qv))
+    return qv, vbar
+
+
 class _SoftTopK(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, k: torch.Tensor, alpha_t: torch.Tensor, alpha: float,
                 window: int | None):
         """x: (B, n) float32/float64; k: (B, 1); alpha_t: the 0-d tensor (or None) for autograd."""
-        B, n = x.shape
-        wdt = torch.float64 if x.device.type != "mps" else torch.float32
-        kk = k.reshape(B).to(wdt)
-        K = window_size(float(kk.max()), n) if window is None else min(n, window)
-        if K < n:
-            s, win_idx = torch.topk(x, K, dim=1, sorted=True)
-        else:
-            s, win_idx = torch.sort(x, dim=1, descending=True)
-        s_last = s[:, -1:]
-        # Tail buffer: e^{(x_j − s_{K−1})/α} off the window, 0 on it; later turned into p in place.
-        buf = torch.sub(x, s_last)
-        # Exponents below the smallest normal number are clamped there: libm's slow path for
-        # underflowing exp costs ~10x, and the clamped terms (< 1e-38 each) are far below the
-        # dtype's resolution of any sum that matters. The window is zeroed after the exp.
-        buf.mul_(1.0 / alpha).clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_()
-        buf.scatter_(1, win_idx, 0.0)
-        tail = buf.sum(dim=1).to(wdt)
-        s64 = s.to(wdt)
-        zero_rows = kk <= 0
-        full_rows = kk >= n
-        k_safe = torch.where(zero_rows | full_rows, torch.full_like(kk, n / 2), kk)
-        t = _solve_threshold(s64, tail, k_safe, alpha, n)
-        t = torch.where(zero_rows, math.inf, torch.where(full_rows, -math.inf, t))
-        # Off-window p_j = ½ e^{(x_j − t)/α} = buf_j · ½ e^{(s_{K−1} − t)/α} (exponent ≤ 0).
-        gamma = 0.5 * torch.exp((s64[:, -1] - t) / alpha)
-        buf.mul_(gamma.to(x.dtype).unsqueeze(1))
-        u_win = (s64 - t.unsqueeze(1)) / alpha
-        p_win = _laplace_cdf(u_win)
-        buf.scatter_(1, win_idx, p_win.to(x.dtype))
-        # Flush negligible p to exact zeros: denormals (and the products they make downstream,
-        # e.g. r ⊙ p in SoftSAE) slow every later matmul by an order of magnitude on x86 CPUs.
-        # Done after the window is written so that a tie block straddling the window edge gets
-        # one value (flushing the tail alone broke exact ties there).
-        torch.nn.functional.threshold_(buf, _FLUSH_BELOW[x.dtype], 0.0)
-        q_win = 0.5 * torch.exp(-u_win.abs()) / alpha
-        # Σ_j q_j: the tail's q is p/α, and the tail's Σp is γ·T.
-        S = (gamma * tail) / alpha + q_win.sum(dim=1)
+        f = _lapsum_forward(x, k, alpha, window)
         ctx.alpha = alpha
-        ctx.save_for_backward(buf, win_idx, p_win, q_win, S, t, x if ctx.needs_input_grad[2] else None)
-        return buf
+        ctx.save_for_backward(f.p, f.win_idx, f.p_win, f.q_win, f.S, f.t,
+                              x if ctx.needs_input_grad[2] else None)
+        return f.p
 
     @staticmethod
     def backward(ctx, v: torch.Tensor):
         p, win_idx, p_win, q_win, S, t, x = ctx.saved_tensors
         alpha = ctx.alpha
-        wdt = S.dtype
         v = v.contiguous()
-        v_win = v.gather(1, win_idx).to(wdt)
-        S_safe = torch.where(S > 0, S, torch.ones_like(S))
-        # Σ q v split into the tail (q = p/α, p stored) and the exact float64 window. The tail is
-        # summed directly (window zeroed): subtracting the window from a full Σ p v cancels
-        # catastrophically (error ~ eps·k/α, huge next to a tiny S at an integer k).
+        v_win = v.gather(1, win_idx).to(S.dtype)
         # The window-zeroed copy of v is then turned into grad_x in place.
         v_tail = v.scatter(1, win_idx, 0.0)
-        pv_tail = torch.einsum("bn,bn->b", p, v_tail).to(wdt)
-        qv = pv_tail / alpha + (q_win * v_win).sum(dim=1)
-        vbar = torch.where(S > 0, qv / S_safe, torch.zeros_like(qv))
+        qv, vbar = _vbar(p, v_tail, v_win, q_win, S, alpha)
         grad_x = grad_k = grad_alpha = None
         if ctx.needs_input_grad[0]:
             # Tail: q(v − v̄) = (v − v̄)·p/α; the window is overwritten with its exact q(v − v̄).
@@ -201,30 +228,49 @@ class _SoftTopK(torch.autograd.Function):
             xc = torch.sub(x, t_c.to(x.dtype).unsqueeze(1))
             q_full = torch.where(p <= 0.5, p, 1 - p) / alpha
             q_full.scatter_(1, win_idx, q_win.to(q_full.dtype))
-            sq_x = torch.einsum("bn,bn->b", q_full, xc).to(wdt)
-            sqv_x = torch.einsum("bn,bn->b", q_full * v, xc).to(wdt)
+            sq_x = torch.einsum("bn,bn->b", q_full, xc).to(S.dtype)
+            sqv_x = torch.einsum("bn,bn->b", q_full * v, xc).to(S.dtype)
+            S_safe = torch.where(S > 0, S, torch.ones_like(S))
             xbar_c = torch.where(S > 0, sq_x / S_safe, torch.zeros_like(sq_x))
             grad_alpha = (-(sqv_x - xbar_c * qv) / alpha).sum().to(v.dtype)
         return grad_x, grad_k, grad_alpha, None, None
 
 
-def soft_topk(x: torch.Tensor, k: torch.Tensor | float, alpha: torch.Tensor | float,
-              window: int | None = None) -> torch.Tensor:
-    """LapSum soft top-k mask along the last dimension.
+class _SoftTopKGate(torch.autograd.Function):
+    """z = x ⊙ p(x, k) with one fused backward (saves three full-size buffers per step)."""
 
-    Args:
-        x: (..., n) scores, float16/bfloat16/float32/float64 (halves are computed in float32).
-        k: budget per row, fractional, in [0, n]: a number or a tensor broadcastable to (..., 1).
-        alpha: Laplace scale α > 0, a float or a 0-d tensor (differentiable if it requires grad).
-        window: top-K window size; by default the smallest provably exact one, 2·⌈max k⌉ + 2.
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: torch.Tensor, alpha: float, window: int | None):
+        f = _lapsum_forward(x, k, alpha, window)
+        ctx.alpha = alpha
+        ctx.save_for_backward(x, f.p, f.win_idx, f.p_win, f.q_win, f.S)
+        t = f.t.to(x.dtype)
+        ctx.mark_non_differentiable(t)
+        return torch.mul(x, f.p), t
 
-    Returns:
-        p: (..., n) in x's dtype with p ∈ [0, 1] and Σ_j p_j = k per row (to rounding).
+    @staticmethod
+    def backward(ctx, g: torch.Tensor, _g_t: torch.Tensor):
+        x, p, win_idx, p_win, q_win, S = ctx.saved_tensors
+        alpha = ctx.alpha
+        g = g.contiguous()
+        # Upstream of p is v = g ⊙ x; dz/dx = p + x·dp/dx.
+        g_win = g.gather(1, win_idx).to(S.dtype)
+        v_win = g_win * x.gather(1, win_idx).to(S.dtype)
+        buf = torch.mul(g, x).scatter_(1, win_idx, 0.0)
+        _, vbar = _vbar(p, buf, v_win, q_win, S, alpha)
+        grad_x = grad_k = None
+        if ctx.needs_input_grad[0]:
+            # Tail: g·p + q(v − v̄) = p·(g + (v − v̄)/α); the window gets its exact value.
+            grad_x = buf.sub_(vbar.to(g.dtype).unsqueeze(1)).mul_(1.0 / alpha).add_(g).mul_(p)
+            exact = g_win * p_win + q_win * (v_win - vbar.unsqueeze(1))
+            grad_x.scatter_(1, win_idx, exact.to(g.dtype))
+        if ctx.needs_input_grad[1]:
+            grad_k = vbar.unsqueeze(1).to(g.dtype)
+        return grad_x, grad_k, None, None
 
-    Raises:
-        ValueError: naming the argument or row when k ∉ [0, n], α ≤ 0, x is not finite, or
-        k's shape does not broadcast to (..., 1).
-    """
+
+def _prepare(x: torch.Tensor, k, alpha) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None]:
+    """Validate and flatten: returns x2: (B, n) float32/64, k2: (B, 1), α as float, α tensor or None."""
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ValueError("soft_topk: x must be a tensor with at least one dimension (..., n)")
     if not x.is_floating_point():
@@ -254,8 +300,45 @@ def soft_topk(x: torch.Tensor, k: torch.Tensor | float, alpha: torch.Tensor | fl
     _validate(x, k_b, alpha_val)
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     x2 = work.reshape(-1, n)
-    k2 = k_b.reshape(-1, 1).to(x2.dtype)
-    if x2.shape[0] == 0 or n == 0:
+    return x2, k_b.reshape(-1, 1).to(x2.dtype), alpha_val, alpha_t
+
+
+def soft_topk(x: torch.Tensor, k: torch.Tensor | float, alpha: torch.Tensor | float,
+              window: int | None = None) -> torch.Tensor:
+    """LapSum soft top-k mask along the last dimension.
+
+    Args:
+        x: (..., n) scores, float16/bfloat16/float32/float64 (halves are computed in float32).
+        k: budget per row, fractional, in [0, n]: a number or a tensor broadcastable to (..., 1).
+        alpha: Laplace scale α > 0, a float or a 0-d tensor (differentiable if it requires grad).
+        window: top-K window size; by default the smallest provably exact one, 2·⌈max k⌉ + 2.
+
+    Returns:
+        p: (..., n) in x's dtype with p ∈ [0, 1] and Σ_j p_j = k per row (to rounding).
+
+    Raises:
+        ValueError: naming the argument or row when k ∉ [0, n], α ≤ 0, x is not finite, or
+        k's shape does not broadcast to (..., 1).
+    """
+    x2, k2, alpha_val, alpha_t = _prepare(x, k, alpha)
+    if x2.numel() == 0:
         return torch.zeros_like(x)
     p = _SoftTopK.apply(x2, k2, alpha_t, alpha_val, window)
     return p.reshape(x.shape).to(x.dtype)
+
+
+def soft_topk_gate(x: torch.Tensor, k: torch.Tensor | float, alpha: float,
+                   window: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x ⊙ soft_topk(x, k, α) and the threshold t, with one fused backward (SoftSAE's training code).
+
+    Same values and gradients (for x and k) as ``x * soft_topk(x, k, alpha)``, but the backward
+    pass allocates one full-size buffer instead of four. α is not differentiable here.
+
+    Returns:
+        z: (..., n) in x's dtype; t: (...,) thresholds (p_j > ½ ⟺ x_j > t), not differentiable.
+    """
+    x2, k2, alpha_val, _ = _prepare(x, k, alpha)
+    if x2.numel() == 0:
+        return torch.zeros_like(x), x.new_zeros(x.shape[:-1])
+    z, t = _SoftTopKGate.apply(x2, k2, alpha_val, window)
+    return z.reshape(x.shape).to(x.dtype), t.reshape(x.shape[:-1]).to(x.dtype)

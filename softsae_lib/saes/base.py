@@ -150,10 +150,21 @@ class SAE(nn.Module):
     def dict_size(self) -> int:
         return self.config.dict_size
 
+    def centred_affine(self, x_n: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(x_n − b_dec) @ W + b: (B, F) for x_n: (B, d), W: (d, F), b: (F,).
+
+        b_dec's gradient is routed through the bias as −Σ_b g_b Wᵀ, a vector-matrix product,
+        instead of autograd's (B, F)×(F, d) matmul for the input gradient (the inputs need none).
+        Values and gradients are unchanged; a training step saves one d×F matmul per layer.
+        """
+        if not self.pre_encoder_bias:
+            return torch.addmm(b, x_n, W)
+        b_dec_delta = self.b_dec - self.b_dec.detach()  # zero, but carries b_dec's gradient
+        return torch.addmm(b - b_dec_delta @ W, x_n - self.b_dec.detach(), W)
+
     def pre_activations(self, x_n: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations W_encᵀ(x_n − b_dec) + b_enc: (B, F), before any nonlinearity."""
-        x_in = x_n - self.b_dec if self.pre_encoder_bias else x_n
-        return x_in @ self.W_enc + self.b_enc
+        return self.centred_affine(x_n, self.W_enc, self.b_enc)
 
     def decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
         """x̂_n = z @ W_dec + b_dec: (B, d) from codes z: (B, F)."""

@@ -41,11 +41,11 @@ class BatchTopKSAE(SAE):
         if self.threshold < 0:
             raise RuntimeError("BatchTopKSAE has no inference threshold yet: train it past "
                                "threshold_start_step or call calibrate_threshold(batches)")
-        r = torch.relu(self.pre_activations(x_n))
+        r = self.pre_activations(x_n).relu_()
         return r * (r > self.threshold)
 
     def loss(self, x_n: torch.Tensor, ctx: StepContext) -> LossOutput:
-        r = torch.relu(self.pre_activations(x_n))
+        r = self.pre_activations(x_n).relu_()
         z = batch_topk(r, min(ctx.k, self.dict_size))
         recon = self.decode_normalized(z)
         l2 = self.recon_loss(x_n, recon)

@@ -31,10 +31,10 @@ class ReLUSAE(SAE):
         return 0.1
 
     def encode_normalized(self, x_n: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.pre_activations(x_n))
+        return self.pre_activations(x_n).relu_()
 
     def loss(self, x_n: torch.Tensor, ctx: StepContext) -> LossOutput:
-        f = torch.relu(self.pre_activations(x_n))
+        f = self.pre_activations(x_n).relu_()
         recon = self.decode_normalized(f)
         l2 = self.recon_loss(x_n, recon)
         l1 = (f * self.W_dec.norm(dim=1)).sum(dim=-1).mean()

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F_
 
 from softsae_lib.ops.hard_topk import per_row_topk
-from softsae_lib.ops.soft_topk import soft_topk
+from softsae_lib.ops.soft_topk import soft_topk_gate
 from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext
 
 
@@ -80,7 +80,7 @@ class SoftSAE(SAE):
 
     def predict_k_normalized(self, x_n: torch.Tensor) -> torch.Tensor:
         """Continuous budget k̂: (B,) float32 in [1, F] for normalised x_n: (B, d)."""
-        h = torch.relu((x_n - self.b_dec) @ self.k_est_W1 + self.k_est_b1)
+        h = self.centred_affine(x_n, self.k_est_W1, self.k_est_b1).relu_()
         with torch.autocast(x_n.device.type, enabled=False):
             logit = h.float() @ self.k_est_w2.float() + self.k_est_b2.float()
             k_hat = torch.sigmoid(logit) * self.config.effective_k_max
@@ -92,14 +92,14 @@ class SoftSAE(SAE):
         return self.predict_k_normalized(self.normalize(x))
 
     def encode_normalized(self, x_n: torch.Tensor) -> torch.Tensor:
-        r = torch.relu(self.pre_activations(x_n))
+        r = self.pre_activations(x_n).relu_()
         with torch.no_grad():
             k_hat = self.predict_k_normalized(x_n)
         return per_row_topk(r, k_hat)
 
     def loss(self, x_n: torch.Tensor, ctx: StepContext) -> LossOutput:
         cfg = self.config
-        r = torch.relu(self.pre_activations(x_n))
+        r = self.pre_activations(x_n).relu_()
         if ctx.hard:
             with torch.no_grad():  # frozen estimator: its grads stay None and Adam skips it
                 k_hat = self.predict_k_normalized(x_n)
@@ -108,9 +108,8 @@ class SoftSAE(SAE):
             k_loss = r.new_zeros(())
         else:
             k_hat = self.predict_k_normalized(x_n)
-            p = soft_topk(r.float(), k_hat.unsqueeze(1), ctx.alpha).to(r.dtype)
-            z = r * p
-            active = (p > 0.5) & (r > 0)
+            z, t = soft_topk_gate(r, k_hat.unsqueeze(1), ctx.alpha)  # r ⊙ p, fused backward
+            active = r > t.clamp(min=0).unsqueeze(1)  # p > ½ and r > 0
             k_loss = F_.softplus(k_hat.mean() - ctx.k, beta=cfg.k_loss_beta)
         recon = self.decode_normalized(z)
         l2 = self.recon_loss(x_n, recon)

@@ -28,11 +28,11 @@ class TopKSAE(SAE):
     config_cls = TopKConfig
 
     def encode_normalized(self, x_n: torch.Tensor, k: float | None = None) -> torch.Tensor:
-        r = torch.relu(self.pre_activations(x_n))
+        r = self.pre_activations(x_n).relu_()
         return per_row_topk(r, self.config.k if k is None else int(k))
 
     def loss(self, x_n: torch.Tensor, ctx: StepContext) -> LossOutput:
-        r = torch.relu(self.pre_activations(x_n))
+        r = self.pre_activations(x_n).relu_()
         z = per_row_topk(r, int(min(ctx.k, self.dict_size)))
         recon = self.decode_normalized(z)
         l2 = self.recon_loss(x_n, recon)

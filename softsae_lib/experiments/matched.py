@@ -1,0 +1,111 @@
+"""Train SoftSAE and fixed-budget baselines at matched mean L0, and tabulate per-sample sparsity.
+
+Matching: SoftSAE is trained first with target k; its realised mean hard L0 on held-out data
+(below k, since mean k̂ settles under the target and inference floors it) becomes the k of TopK
+and BatchTopK, so all three are compared at the same mean number of active latents.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from softsae_lib.evaluation import evaluate_sae
+from softsae_lib.saes import SAE, make_sae
+from softsae_lib.stats import summarize_association
+from softsae_lib.training import TrainConfig, train_sae
+
+BASELINES = ("topk", "batch_topk")
+
+
+@dataclass
+class TrainedModel:
+    arch: str
+    model: SAE
+    history: pd.DataFrame
+    metrics: dict
+    """evaluate_sae on the held-out data (without per-sample tensors)."""
+    per_sample: dict[str, torch.Tensor]
+    """(N_test,) tensors: 'l0', and 'k_hat' for SoftSAE."""
+    train_seconds: float
+
+
+def train_config(p: dict, arch: str) -> TrainConfig:
+    """The schedule shared by every model of an experiment (SoftSAE adds its α anneal and hard phase)."""
+    steps = p["steps"]
+    return TrainConfig(
+        steps=steps, batch_size=p["batch_size"], lr=p["lr"], warmup_steps=max(1, steps // 20),
+        decay_start=int(0.8 * steps), k_anneal_steps=max(1, steps // 20),
+        alpha_anneal_steps=max(1, steps // 5) if arch == "soft" else None,
+        hard_topk_steps=steps // 10 if arch == "soft" else None,
+        dead_threshold=p.get("dead_threshold", 50 * p["batch_size"]), seed=p["seed"],
+        log_every=max(1, steps // 100), progress=p.get("progress"),
+    )
+
+
+def fit_and_evaluate(arch: str, k: int, x_train: torch.Tensor, x_test: torch.Tensor, p: dict) -> TrainedModel:
+    model = make_sae(arch, d_model=x_train.shape[1], dict_size=p["dict_size"], k=k, seed=p["seed"])
+    t0 = time.perf_counter()
+    result = train_sae(model, x_train, train_config(p, arch))
+    seconds = time.perf_counter() - t0
+    metrics = evaluate_sae(model, x_test, return_per_sample=True)
+    per_sample = metrics.pop("per_sample")
+    return TrainedModel(arch, model, result.history, metrics, per_sample, seconds)
+
+
+def train_matched(x_train: torch.Tensor, x_test: torch.Tensor, p: dict,
+                  baselines: tuple[str, ...] = BASELINES, log=print) -> dict[str, TrainedModel]:
+    """SoftSAE at target ``p['k']``, then each baseline at SoftSAE's realised mean L0 (rounded)."""
+    out = {"soft": fit_and_evaluate("soft", p["k"], x_train, x_test, p)}
+    matched_k = max(1, int(round(out["soft"].metrics["l0"]["mean"])))
+    log(f"SoftSAE: mean k̂ {out['soft'].metrics['k_hat']['mean']:.2f}, realised mean L0 "
+        f"{out['soft'].metrics['l0']['mean']:.2f} → baselines trained at k = {matched_k}")
+    for arch in baselines:
+        out[arch] = fit_and_evaluate(arch, matched_k, x_train, x_test, p)
+    return out
+
+
+def summary_table(models: dict[str, TrainedModel]) -> pd.DataFrame:
+    """One row per model: reconstruction and sparsity on held-out data."""
+    rows = []
+    for arch, m in models.items():
+        rows.append({"model": arch, "k": m.model.config.k, "fvu": m.metrics["fvu"],
+                     "cosine": m.metrics["cosine"], "l0_mean": m.metrics["l0"]["mean"],
+                     "l0_std": m.metrics["l0"]["std"], "dead_fraction": m.metrics["dead_fraction"],
+                     "k_hat_mean": m.metrics.get("k_hat", {}).get("mean", np.nan),
+                     "train_seconds": m.train_seconds})
+    return pd.DataFrame(rows)
+
+
+def per_sample_frame(models: dict[str, TrainedModel], **truth: np.ndarray | torch.Tensor) -> pd.DataFrame:
+    """Columns ``<arch>_l0`` (and ``soft_k_hat``) plus the given ground-truth columns, one row per sample."""
+    cols = {name: np.asarray(v) for name, v in truth.items()}
+    for arch, m in models.items():
+        for key, v in m.per_sample.items():
+            cols[f"{arch}_{key}"] = v.numpy()
+    return pd.DataFrame(cols)
+
+
+def association_table(frame: pd.DataFrame, kappas: list[str], targets: list[str], clusters: str | None = None,
+                      n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Spearman/Pearson/Kendall (+ cluster-bootstrap CI) of each sparsity column against each target.
+
+    A column that is constant (TopK's L0, by construction) gets a row of NaN with ``note`` saying so.
+    """
+    rows = []
+    for kappa in kappas:
+        for target in targets:
+            row = {"kappa": kappa, "target": target}
+            if frame[kappa].nunique() < 2:
+                row["note"] = "constant: correlation undefined"
+            else:
+                cl = frame[clusters].to_numpy() if clusters else None
+                row.update(summarize_association(frame[kappa].to_numpy(), frame[target].to_numpy(),
+                                                 clusters=cl, n_boot=n_boot, seed=seed))
+                row["note"] = ""
+            rows.append(row)
+    return pd.DataFrame(rows)

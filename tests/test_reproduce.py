@@ -1,0 +1,117 @@
+"""The Papermill harness: every notebook runs under the smoke profile and writes sane metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import nbformat
+import pytest
+
+from softsae_lib import reproduce
+from softsae_lib.profiles import PROFILES, get_profile
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    runs = reproduce.reproduce("smoke", results_root=root, log=lambda *_: None)
+    return root, runs
+
+
+def test_every_notebook_runs_and_manifest_records_provenance(smoke_results):
+    root, runs = smoke_results
+    assert [r.name for r in runs] == list(reproduce.NOTEBOOKS)
+    assert all(r.status == "ok" for r in runs), [r.error for r in runs]
+    manifest = json.loads((root / "smoke" / "manifest.json").read_text())
+    assert manifest["profile"] == "smoke"
+    assert set(manifest["notebooks"]) == set(reproduce.NOTEBOOKS)
+    assert "git_sha" in manifest["provenance"] and manifest["provenance"]["versions"]["torch"]
+    for name, entry in manifest["notebooks"].items():
+        assert entry["seed"] == get_profile(name, "smoke")["seed"] and entry["seconds"] > 0
+        executed = nbformat.read(root / "smoke" / name / f"{name}.ipynb", as_version=4)
+        # Papermill injected the profile and the output folder.
+        injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and 'profile = "smoke"' in injected[0].source
+
+
+def test_soft_topk_notebook_metrics(smoke_results):
+    root, _ = smoke_results
+    m = json.loads((root / "smoke" / "01_soft_topk" / "metrics.json").read_text())
+    assert max(m["sum_abs_error"].values()) < 1e-9
+    shares = m["boundary_share_of_dp_dk"]
+    smallest, largest = min(shares, key=float), max(shares, key=float)
+    assert shares[smallest] > 0.9 > shares[largest]  # the gradient concentrates as α → 0
+    assert m["hard_limit_max_error"] < 1e-6
+    for fig in ("mask_vs_alpha.png", "threshold.png", "dp_dk.png"):
+        assert (root / "smoke" / "01_soft_topk" / fig).stat().st_size > 1000
+
+
+def test_synthetic_notebook_metrics(smoke_results):
+    root, _ = smoke_results
+    p = get_profile("02_synthetic_manifolds", "smoke")
+    m = json.loads((root / "smoke" / "02_synthetic_manifolds" / "metrics.json").read_text())
+    for part in ("manifolds", "superposition"):
+        rows = {r["model"]: r for r in m[part]["models"]}
+        assert set(rows) == {"soft", "topk", "batch_topk"}
+        for r in rows.values():
+            assert 0 < r["fvu"] < 0.6 and 0 <= r["dead_fraction"] <= 1
+        soft = rows["soft"]
+        k = p["k"] if part == "manifolds" else p["sup_k"]
+        assert 1 <= soft["k_hat_mean"] <= 2 * k
+        assert soft["l0_mean"] <= soft["k_hat_mean"]  # inference floors k̂
+        # Baselines are trained at SoftSAE's realised mean L0.
+        assert rows["topk"]["k"] == max(1, round(soft["l0_mean"])) == rows["topk"]["l0_mean"]
+        assoc = {(r["kappa"], r["target"]): r for r in m[part]["association"]}
+        assert "constant" in assoc[("topk_l0", "true_dim" if part == "manifolds" else "true_active")]["note"]
+        rho = assoc[("soft_k_hat", "true_dim" if part == "manifolds" else "true_active")]["spearman"]
+        assert -1 <= rho <= 1 and not math.isnan(rho)
+    man = {(r["kappa"], r["target"]): r for r in m["manifolds"]["association"]}
+    ci = man[("soft_k_hat", "true_dim")]
+    assert ci["spearman_ci_low"] <= ci["spearman"] <= ci["spearman_ci_high"]
+    assert ci["n_clusters"] == len(p["intrinsic_dims"]) * p["manifolds_per_dim"]
+
+
+def test_failing_cell_is_named_and_partial_output_kept(tmp_path, monkeypatch):
+    nb = nbformat.v4.new_notebook(metadata={
+        "kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"},
+        "language_info": {"name": "python"}})
+    nb.cells = [
+        nbformat.v4.new_code_cell('profile = "smoke"\nout_dir = None', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("ok = 1"),
+        nbformat.v4.new_code_cell("raise ValueError('deliberate failure')"),
+    ]
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    nbformat.write(nb, nb_dir / "01_soft_topk.ipynb")
+    monkeypatch.setattr(reproduce, "NOTEBOOK_DIR", nb_dir)
+    code = reproduce.main("smoke", ["01_soft_topk"], str(tmp_path / "res"))
+    assert code == 1
+    manifest = json.loads((tmp_path / "res" / "smoke" / "manifest.json").read_text())
+    err = manifest["notebooks"]["01_soft_topk"]["error"]
+    assert "01_soft_topk" in err and "cell" in err and "deliberate failure" in err
+    partial = nbformat.read(tmp_path / "res" / "smoke" / "01_soft_topk" / "01_soft_topk.ipynb", as_version=4)
+    assert any(o.get("ename") == "ValueError" for c in partial.cells for o in c.get("outputs", []))
+
+
+def test_unknown_profile_or_notebook_is_rejected():
+    with pytest.raises(ValueError, match="profile"):
+        reproduce.reproduce("huge")
+    with pytest.raises(ValueError, match="unknown notebook"):
+        reproduce.reproduce("smoke", only=["99_nope"])
+
+
+@pytest.mark.parametrize("name", reproduce.NOTEBOOKS)
+def test_notebooks_paired_without_outputs_and_parameterised(name):
+    import jupytext
+
+    ipynb = nbformat.read(reproduce.NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    paired = jupytext.read(reproduce.NOTEBOOK_DIR / f"{name}.py")
+    assert [c.source for c in ipynb.cells] == [c.source for c in paired.cells], \
+        f"{name}.ipynb and {name}.py differ: run `jupytext --sync notebooks/{name}.py`"
+    assert all(not c.get("outputs") and c.get("execution_count") is None
+               for c in ipynb.cells if c.cell_type == "code"), f"{name}.ipynb is stored with outputs"
+    params = [c for c in ipynb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and "profile" in params[0].source
+    for profile in PROFILES:
+        assert get_profile(name, profile)
