@@ -34,8 +34,6 @@ profile = "smoke"  # smoke | local | paper (see softsae_lib/profiles.py)
 out_dir = None  # folder for metrics and figures; None writes nothing
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -43,13 +41,10 @@ import torch
 from softsae_lib import soft_topk
 from softsae_lib.ops.soft_topk import soft_topk_gate
 from softsae_lib.plots import save_figure
-from softsae_lib.profiles import get_profile
 from softsae_lib.provenance import save_metrics
+from softsae_lib.reproduce import notebook_setup
 
-P = get_profile("01_soft_topk", profile)
-out = Path(out_dir) if out_dir else None
-if out:
-    out.mkdir(parents=True, exist_ok=True)
+P, out = notebook_setup("01_soft_topk", profile, out_dir)
 gen = torch.Generator().manual_seed(P["seed"])
 x = torch.randn(P["n"], generator=gen, dtype=torch.float64).sort(descending=True).values
 k = P["k"]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -33,24 +35,17 @@ profile = "smoke"  # smoke | local | paper (see softsae_lib/profiles.py)
 out_dir = None  # folder for metrics and figures; None writes nothing
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from softsae_lib.data.synthetic import manifold_mixture, sparse_superposition
 from softsae_lib.experiments.matched import association_table, per_sample_frame, summary_table, train_matched
 from softsae_lib.lid import local_id
 from softsae_lib.plots import by_group, save_figure, scatter_with_trend
-from softsae_lib.profiles import get_profile
 from softsae_lib.provenance import save_metrics
+from softsae_lib.reproduce import notebook_setup
 
-P = get_profile("02_synthetic_manifolds", profile)
-out = Path(out_dir) if out_dir else None
-if out:
-    out.mkdir(parents=True, exist_ok=True)
-torch.manual_seed(P["seed"])
+P, out = notebook_setup("02_synthetic_manifolds", profile, out_dir)
 P
 
 # %% [markdown]

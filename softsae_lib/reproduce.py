@@ -37,8 +37,17 @@ class NotebookRun:
     error: str | None = None
 
 
-class ReproduceError(RuntimeError):
-    """A notebook failed; the message names the notebook and the cell."""
+def notebook_setup(name: str, profile: str, out_dir: str | None) -> tuple[dict, Path | None]:
+    """What every notebook does first: its profile's parameters, its output folder (created),
+    and the global torch seed set from the profile."""
+    import torch
+
+    params = get_profile(name, profile)
+    out = Path(out_dir) if out_dir else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(params.get("seed", 0))
+    return params, out
 
 
 def _describe_failure(name: str, err: Exception) -> str:

@@ -53,28 +53,23 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def trained():
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only add synchronisation cost
-    try:
-        x_train, _ = make_superposition(20_000, seed=SEED)
-        x_test, counts = make_superposition(4_000, seed=SEED + 100)
-        out = {"x_test": x_test, "counts": counts}
-        for arch in ("soft", "topk"):
-            model = make_sae(arch, d_model=D, dict_size=F, k=K, seed=SEED)
-            untrained = evaluate_sae(make_sae(arch, d_model=D, dict_size=F, k=K, seed=SEED), x_test)
-            soft = arch == "soft"
-            cfg = TrainConfig(
-                steps=STEPS, batch_size=BATCH, lr=LR, warmup_steps=20, decay_start=int(0.8 * STEPS),
-                k_anneal_steps=STEPS // 10, alpha_anneal_steps=STEPS // 5 if soft else None,
-                hard_topk_steps=STEPS // 5 if soft else None, dead_threshold=20_000, k_aux=16,
-                normalization_batches=10, seed=SEED, progress=False)
-            history = train_sae(model, x_train, cfg).history
-            result = evaluate_sae(model, x_test, return_per_sample=True)
-            out[arch] = {"model": model, "history": history, "untrained": untrained, "eval": result}
-        yield out
-    finally:
-        torch.set_num_threads(n_threads)
+def trained(single_thread):
+    x_train, _ = make_superposition(20_000, seed=SEED)
+    x_test, counts = make_superposition(4_000, seed=SEED + 100)
+    out = {"x_test": x_test, "counts": counts}
+    for arch in ("soft", "topk"):
+        model = make_sae(arch, d_model=D, dict_size=F, k=K, seed=SEED)
+        untrained = evaluate_sae(make_sae(arch, d_model=D, dict_size=F, k=K, seed=SEED), x_test)
+        soft = arch == "soft"
+        cfg = TrainConfig(
+            steps=STEPS, batch_size=BATCH, lr=LR, warmup_steps=20, decay_start=int(0.8 * STEPS),
+            k_anneal_steps=STEPS // 10, alpha_anneal_steps=STEPS // 5 if soft else None,
+            hard_topk_steps=STEPS // 5 if soft else None, dead_threshold=20_000, k_aux=16,
+            normalization_batches=10, seed=SEED, progress=False)
+        history = train_sae(model, x_train, cfg).history
+        result = evaluate_sae(model, x_test, return_per_sample=True)
+        out[arch] = {"model": model, "history": history, "untrained": untrained, "eval": result}
+    yield out
 
 
 @pytest.mark.slow

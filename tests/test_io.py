@@ -23,13 +23,7 @@ ARCH_KW = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models: intra-op threads only add synchronisation cost (≫ the work on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _x(n: int = 32, d: int = D, seed: int = 0) -> torch.Tensor:

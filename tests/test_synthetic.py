@@ -9,21 +9,13 @@ import pytest
 import skdim
 import torch
 from scipy.stats import spearmanr
-from threadpoolctl import threadpool_limits
 
 from softsae_lib.data.synthetic import ManifoldMixture, manifold_mixture
 
 DIMS = (1, 2, 4, 8, 16, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The arrays here are tiny: BLAS/OpenMP threads only add contention on shared CPU cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _offsets(mm: ManifoldMixture, clean: bool = True) -> torch.Tensor:

@@ -19,13 +19,7 @@ from softsae_lib.training.data import BatchSource
 D, F, B = 8, 32, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models: intra-op threads only add synchronisation cost (≫ the work on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _data(n: int = 640, d: int = D, seed: int = 0) -> torch.Tensor:
