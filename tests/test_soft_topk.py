@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from softsae_lib.ops import soft_topk, soft_topk_gate, window_size
+from softsae_lib.ops import soft_topk, soft_topk_gate, topk_mask, window_size
 
 F64 = torch.float64
 ALPHAS = [1.0, 1e-1, 1e-2, 1e-4]
@@ -596,7 +596,7 @@ def test_gate_matches_unfused_product(alpha):
     z_ref = xa * soft_topk(xa, ka, alpha)
     z_ref.backward(g)
     xb, kb = x.clone().requires_grad_(), k.clone().requires_grad_()
-    z, t = soft_topk_gate(xb, kb, alpha)
+    z, t, kth = soft_topk_gate(xb, kb, alpha)
     z.backward(g)
     torch.testing.assert_close(z, z_ref.detach(), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-5)
@@ -605,3 +605,5 @@ def test_gate_matches_unfused_product(alpha):
     p = soft_topk(x, k, alpha)
     assert t.shape == (16,)
     assert torch.equal(p > 0.5, x > t.unsqueeze(1))
+    # kth is the hard top-⌊k⌋ cut: exactly the topk_mask selection (no ties in continuous data).
+    assert torch.equal(x >= kth.unsqueeze(1), topk_mask(x, k))

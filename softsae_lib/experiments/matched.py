@@ -35,12 +35,17 @@ class TrainedModel:
 
 
 def train_config(p: dict, arch: str) -> TrainConfig:
-    """The schedule shared by every model of an experiment (SoftSAE adds its α anneal and hard phase)."""
+    """The schedule shared by every model of an experiment (SoftSAE adds its α schedule and hard phase).
+
+    ``p['alpha_anneal_fraction']`` (None: α = α_final from the first step, as in the official CLIP
+    config SoftSAE_220.json) sets SoftSAE's α anneal 1 → 1e-4 as a fraction of the steps.
+    """
     steps = p["steps"]
+    anneal = p.get("alpha_anneal_fraction")
     return TrainConfig(
         steps=steps, batch_size=p["batch_size"], lr=p["lr"], warmup_steps=max(1, steps // 20),
         decay_start=int(0.8 * steps), k_anneal_steps=max(1, steps // 20),
-        alpha_anneal_steps=max(1, steps // 5) if arch == "soft" else None,
+        alpha_anneal_steps=max(1, int(anneal * steps)) if arch == "soft" and anneal else None,
         hard_topk_steps=steps // 10 if arch == "soft" else None,
         dead_threshold=p.get("dead_threshold", 50 * p["batch_size"]), seed=p["seed"],
         log_every=max(1, steps // 100), progress=p.get("progress"),

@@ -136,6 +136,7 @@ class _Forward:
     q_win: torch.Tensor  # (B, K) float64 q = f((x − t)/α)/α on the window
     S: torch.Tensor  # (B,) Σ_j q_j
     t: torch.Tensor  # (B,) threshold, ±∞ for k = 0 or n
+    kth: torch.Tensor  # (B,) the ⌊k⌋-th largest value (the hard top-⌊k⌋ cut), +∞ when ⌊k⌋ = 0
 
 
 def _lapsum_forward(x: torch.Tensor, k: torch.Tensor, alpha: float, window: int | None) -> _Forward:
@@ -177,7 +178,9 @@ def _lapsum_forward(x: torch.Tensor, k: torch.Tensor, alpha: float, window: int 
     q_win = 0.5 * torch.exp(-u_win.abs()) / alpha
     # Σ_j q_j: the tail's q is p/α, and the tail's Σp is γ·T.
     S = (gamma * tail) / alpha + q_win.sum(dim=1)
-    return _Forward(buf, win_idx, p_win, q_win, S, t)
+    rank = kk.floor().long().clamp(min=1, max=s.shape[1]) - 1  # the window holds rank ⌊k⌋ (K > k)
+    kth = torch.where(kk >= 1, s.gather(1, rank.unsqueeze(1)).squeeze(1), torch.full_like(s[:, 0], math.inf))
+    return _Forward(buf, win_idx, p_win, q_win, S, t, kth)
 
 
 def _vbar(p: torch.Tensor, v_tail: torch.Tensor, v_win: torch.Tensor, q_win: torch.Tensor,
@@ -244,12 +247,12 @@ class _SoftTopKGate(torch.autograd.Function):
         f = _lapsum_forward(x, k, alpha, window)
         ctx.alpha = alpha
         ctx.save_for_backward(x, f.p, f.win_idx, f.p_win, f.q_win, f.S)
-        t = f.t.to(x.dtype)
-        ctx.mark_non_differentiable(t)
-        return torch.mul(x, f.p), t
+        t, kth = f.t.to(x.dtype), f.kth
+        ctx.mark_non_differentiable(t, kth)
+        return torch.mul(x, f.p), t, kth
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor, _g_t: torch.Tensor):
+    def backward(ctx, g: torch.Tensor, _g_t: torch.Tensor, _g_kth: torch.Tensor):
         x, p, win_idx, p_win, q_win, S = ctx.saved_tensors
         alpha = ctx.alpha
         g = g.contiguous()
@@ -328,17 +331,21 @@ def soft_topk(x: torch.Tensor, k: torch.Tensor | float, alpha: torch.Tensor | fl
 
 
 def soft_topk_gate(x: torch.Tensor, k: torch.Tensor | float, alpha: float,
-                   window: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   window: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x ⊙ soft_topk(x, k, α) and the threshold t, with one fused backward (SoftSAE's training code).
 
     Same values and gradients (for x and k) as ``x * soft_topk(x, k, alpha)``, but the backward
     pass allocates one full-size buffer instead of four. α is not differentiable here.
 
     Returns:
-        z: (..., n) in x's dtype; t: (...,) thresholds (p_j > ½ ⟺ x_j > t), not differentiable.
+        z: (..., n) in x's dtype; t: (...,) thresholds (p_j > ½ ⟺ x_j > t); kth: (...,) the ⌊k⌋-th
+        largest entry of each row (x_j ≥ kth selects the hard top-⌊k⌋, up to ties; +∞ when
+        ⌊k⌋ = 0). t and kth are not differentiable.
     """
     x2, k2, alpha_val, _ = _prepare(x, k, alpha)
     if x2.numel() == 0:
-        return torch.zeros_like(x), x.new_zeros(x.shape[:-1])
-    z, t = _SoftTopKGate.apply(x2, k2, alpha_val, window)
-    return z.reshape(x.shape).to(x.dtype), t.reshape(x.shape[:-1]).to(x.dtype)
+        empty = x.new_zeros(x.shape[:-1])
+        return torch.zeros_like(x), empty, empty
+    z, t, kth = _SoftTopKGate.apply(x2, k2, alpha_val, window)
+    lead = x.shape[:-1]
+    return z.reshape(x.shape).to(x.dtype), t.reshape(lead).to(x.dtype), kth.reshape(lead).to(x.dtype)

@@ -15,9 +15,10 @@ Choices, relative to the official code:
 * The k-estimator's last layer and sigmoid run in float32 even under bf16 autocast, so k̂ is not
   quantised: the official LLM runs put k̂ on the bf16 grid (step 0.25 near k = 40, 4 near 640),
   which we regard as a bug. (Its wide hidden layer may still run in bf16.)
-* Dead-latent tracking counts a latent as fired when its soft mask p > ½ (in the hard limit: the
-  top ⌊k̂⌋, plus the next one when frac(k̂) > ½); the official code counts any r·p > 0, which
-  marks almost everything alive at large α.
+* Dead-latent tracking (and the logged L0) counts a latent as fired in the soft phase when it is
+  in the hard top-⌊k̂⌋ of its row, i.e. when inference would select it. The official code counts
+  any r·p > 0, which marks almost everything alive at large α; "p > ½" would mark everything
+  dead at large α (then t lies above every r), switching AuxK on for the whole dictionary.
 * The k-estimator reads the normalised, centred input x̃ in training and inference alike (the
   official SAEBench "Patched" class does the same; the unpatched class mutates its input).
 """
@@ -108,8 +109,9 @@ class SoftSAE(SAE):
             k_loss = r.new_zeros(())
         else:
             k_hat = self.predict_k_normalized(x_n)
-            z, t = soft_topk_gate(r, k_hat.unsqueeze(1), ctx.alpha)  # r ⊙ p, fused backward
-            active = r > t.clamp(min=0).unsqueeze(1)  # p > ½ and r > 0
+            z, _, kth = soft_topk_gate(r, k_hat.unsqueeze(1), ctx.alpha)  # r ⊙ p, fused backward
+            # Fired = selected by the hard top-⌊k̂⌋ that inference would use (and positive).
+            active = r >= kth.clamp(min=torch.finfo(r.dtype).tiny).unsqueeze(1)
             k_loss = F_.softplus(k_hat.mean() - ctx.k, beta=cfg.k_loss_beta)
         recon = self.decode_normalized(z)
         l2 = self.recon_loss(x_n, recon)
