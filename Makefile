@@ -29,6 +29,7 @@ bench: $(STAMP)
 	mkdir -p results/bench
 	$(BIN)/python -m benchmarks.soft_topk > results/bench/soft_topk.json
 	$(BIN)/python -m benchmarks.train_step > results/bench/train_step.json
+	$(BIN)/python -m benchmarks.lid > results/bench/lid.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check softsae_lib tests benchmarks
