@@ -74,7 +74,7 @@ def run_notebook(name: str, profile: str, results_root: Path, log=print) -> Note
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(source), str(output), parameters={"profile": profile, "out_dir": str(out_dir)},
+            str(source), str(output), parameters={"profile": profile, "out_dir": str(out_dir.resolve())},
             kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOK_DIR))
     except Exception as err:  # papermill raises PapermillExecutionError for a failing cell
         message = _describe_failure(name, err)

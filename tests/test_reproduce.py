@@ -78,16 +78,18 @@ def test_failing_cell_is_named_and_partial_output_kept(tmp_path, monkeypatch):
         "language_info": {"name": "python"}})
     nb.cells = [
         nbformat.v4.new_code_cell('profile = "smoke"\nout_dir = None', metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("ok = 1"),
+        nbformat.v4.new_code_cell("import pathlib\npathlib.Path(out_dir, 'marker.txt').write_text('x')"),
         nbformat.v4.new_code_cell("raise ValueError('deliberate failure')"),
     ]
     nb_dir = tmp_path / "nbs"
     nb_dir.mkdir()
     nbformat.write(nb, nb_dir / "01_soft_topk.ipynb")
     monkeypatch.setattr(reproduce, "NOTEBOOK_DIR", nb_dir)
-    code = reproduce.main("smoke", ["01_soft_topk"], str(tmp_path / "res"))
+    monkeypatch.chdir(tmp_path)  # a relative results root must not follow the kernel into notebooks/
+    code = reproduce.main("smoke", ["01_soft_topk"], "res")
     assert code == 1
     manifest = json.loads((tmp_path / "res" / "smoke" / "manifest.json").read_text())
+    assert (tmp_path / "res" / "smoke" / "01_soft_topk" / "marker.txt").is_file()
     err = manifest["notebooks"]["01_soft_topk"]["error"]
     assert "01_soft_topk" in err and "cell" in err and "deliberate failure" in err
     partial = nbformat.read(tmp_path / "res" / "smoke" / "01_soft_topk" / "01_soft_topk.ipynb", as_version=4)
