@@ -219,23 +219,29 @@ def _separated(B: int, n: int, gap: float, gen: torch.Generator, dtype) -> torch
     return torch.stack(rows).to(dtype)
 
 
+def _hard_limit_run(tag: str, dtype, window, k_list: list[float], gap: float):
+    """soft_topk at α = 1e-4 on well-separated rows (n = 300), backward with random v.
+
+    Returns x, k (with grads), p and v sorted by descending x (float64), and the dtype's tolerance.
+    """
+    gen = gen_for(tag, str(dtype), window)
+    B, n = len(k_list), 300
+    x0 = _separated(B, n, gap, gen, dtype)
+    x = x0.clone().requires_grad_()
+    k = torch.tensor(k_list, dtype=dtype).reshape(B, 1).requires_grad_()
+    p = soft_topk(x, k, 1e-4, window=window)
+    v = torch.randn(B, n, generator=gen, dtype=dtype)
+    p.backward(v)
+    order = x0.argsort(dim=1, descending=True)
+    tol = 1e-9 if dtype == torch.float64 else 1e-6
+    return x, k, p.detach().gather(1, order).to(F64), v.gather(1, order).to(F64), tol
+
+
 @pytest.mark.parametrize("window", [None, 300])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_hard_limit_fractional_k(dtype, window):
-    gen = gen_for("hard", str(dtype), window)
-    B, n, alpha = 5, 300, 1e-4
-    x0 = _separated(B, n, 0.02, gen, dtype)
-    k_list = [5.3, 1.3, 20.5, 100.7, 0.4]
-    x = x0.clone().requires_grad_()
-    k = torch.tensor(k_list, dtype=dtype).reshape(B, 1).requires_grad_()
-    p = soft_topk(x, k, alpha, window=window)
-    v = torch.randn(B, n, generator=gen, dtype=dtype)
-    p.backward(v)
-
-    order = x0.argsort(dim=1, descending=True)
-    p_sorted = p.detach().gather(1, order).to(F64)
-    v_sorted = v.gather(1, order).to(F64)
-    tol = 1e-9 if dtype == torch.float64 else 1e-6
+    n = 300
+    x, k, p_sorted, v_sorted, tol = _hard_limit_run("hard", dtype, window, [5.3, 1.3, 20.5, 100.7, 0.4], 0.02)
     for b, kb in enumerate(k.detach()[:, 0].tolist()):  # k as stored (100.7 is not exact in fp32)
         m = math.floor(kb)
         expected = torch.zeros(n, dtype=F64)
@@ -254,20 +260,9 @@ def test_hard_limit_integer_k(dtype, window):
 
     q there is ~e^{−50}/α, tiny but non-zero; any cancellation in Σ q v would blow v̄ up.
     """
-    gen = gen_for("hardint", str(dtype), window)
-    B, n, alpha = 3, 300, 1e-4
-    x0 = _separated(B, n, 0.01, gen, dtype)
+    n = 300
     k_list = [64.0, 1.0, 5.0]
-    x = x0.clone().requires_grad_()
-    k = torch.tensor(k_list, dtype=dtype).reshape(B, 1).requires_grad_()
-    p = soft_topk(x, k, alpha, window=window)
-    v = torch.randn(B, n, generator=gen, dtype=dtype)
-    p.backward(v)
-
-    order = x0.argsort(dim=1, descending=True)
-    p_sorted = p.detach().gather(1, order).to(F64)
-    v_sorted = v.gather(1, order).to(F64)
-    tol = 1e-9 if dtype == torch.float64 else 1e-6
+    x, k, p_sorted, v_sorted, tol = _hard_limit_run("hardint", dtype, window, k_list, 0.01)
     for b, kb in enumerate(k_list):
         m = int(kb)
         expected = torch.zeros(n, dtype=F64)
