@@ -63,7 +63,7 @@ def trained(single_thread):
         soft = arch == "soft"
         cfg = TrainConfig(
             steps=STEPS, batch_size=BATCH, lr=LR, warmup_steps=20, decay_start=int(0.8 * STEPS),
-            k_anneal_steps=STEPS // 10, alpha_anneal_steps=STEPS // 5 if soft else None,
+            k_anneal_steps=STEPS // 10, alpha_anneal_steps=None,
             hard_topk_steps=STEPS // 5 if soft else None, dead_threshold=20_000, k_aux=16,
             normalization_batches=10, seed=SEED, progress=False)
         history = train_sae(model, x_train, cfg).history
