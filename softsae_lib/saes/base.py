@@ -50,6 +50,12 @@ class SAEConfig:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
 
 
+def check_k(k: int, dict_size: int) -> None:
+    """Top-k-style configs: the budget must lie in [1, dict_size]."""
+    if not 1 <= k <= dict_size:
+        raise ValueError(f"k must be in [1, dict_size={dict_size}], got {k}")
+
+
 @dataclass
 class StepContext:
     """What the trainer tells a model about the current optimisation step."""

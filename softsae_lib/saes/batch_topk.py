@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from softsae_lib.ops.hard_topk import batch_topk
-from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext
+from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext, check_k
 
 
 @dataclass
@@ -26,8 +26,7 @@ class BatchTopKConfig(SAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 1 <= self.k <= self.dict_size:
-            raise ValueError(f"k must be in [1, dict_size={self.dict_size}], got {self.k}")
+        check_k(self.k, self.dict_size)
 
 
 class BatchTopKSAE(SAE):

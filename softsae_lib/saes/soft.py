@@ -33,7 +33,7 @@ import torch.nn.functional as F_
 
 from softsae_lib.ops.hard_topk import per_row_topk
 from softsae_lib.ops.soft_topk import soft_topk_gate
-from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext
+from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext, check_k
 
 
 @dataclass
@@ -51,8 +51,7 @@ class SoftSAEConfig(SAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 1 <= self.k <= self.dict_size:
-            raise ValueError(f"k must be in [1, dict_size={self.dict_size}], got {self.k}")
+        check_k(self.k, self.dict_size)
         if self.k_max is not None and self.k_max < 1:
             raise ValueError(f"k_max must be ≥ 1, got {self.k_max}")
         if not self.alpha > 0:
