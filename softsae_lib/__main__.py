@@ -1,4 +1,9 @@
-"""Command line: ``python -m softsae_lib reproduce --profile local [--only NAME ...] [--out results]``."""
+"""Command line.
+
+* ``python -m softsae_lib reproduce --profile local [--only NAME ...] [--out results]``: the notebooks.
+* ``python -m softsae_lib train --data acts.npy --dict-size F ... --out DIR``: one SAE; runs
+  data-parallel under ``torchrun --nproc_per_node N -m softsae_lib train ...``.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--only", nargs="+", metavar="NAME", choices=reproduce.NOTEBOOKS,
                      help=f"run only these notebooks (of {', '.join(reproduce.NOTEBOOKS)})")
     rep.add_argument("--out", default="results", help="results root (default: results)")
+    from softsae_lib.training import cli
+
+    cli.add_arguments(sub.add_parser("train", help="train one SAE (torchrun for data-parallel)"))
     args = ap.parse_args(argv)
+    if args.command == "train":
+        return cli.run(args)
     return reproduce.main(args.profile, args.only, args.out)
 
 

@@ -23,7 +23,8 @@ from softsae_lib.provenance import provenance
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # Execution order; the names are also the profile keys in softsae_lib.profiles.
-NOTEBOOKS: tuple[str, ...] = ("01_soft_topk", "02_synthetic_manifolds")
+NOTEBOOKS: tuple[str, ...] = ("00_train_vit_cifar10", "01_soft_topk", "02_synthetic_manifolds", "03_gpt2",
+                              "04_vit", "05_architectures")
 
 
 @dataclass

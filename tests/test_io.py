@@ -20,6 +20,11 @@ ARCH_KW = {
     "batch_topk": {"k": K, "threshold_beta": 0.9, "threshold_start_step": 7},
     "jumprelu": {"sparsity_coeff": 0.02, "target_l0": 3.0, "bandwidth": 0.01},
     "relu": {"l1_coeff": 1.5},
+    "matryoshka": {"k": K, "group_sizes": (4, 8, 12)},
+    "feature_choice": {"k": K, "capacity": "uniform", "zipf_exponent": 0.5},
+    "mutual_choice": {"k": K, "underuse_gamma": 0.2},
+    "sparsemax_attention": {"target_support": 4.0, "dense_threshold": 0.2},
+    "tree": {"k": K, "layer_sizes": (6, 18), "layer_k": (2, 1)},
 }
 
 
@@ -39,7 +44,7 @@ def _trained_like(arch: str, d: int = D, normalization: str = "scale_shift"):
         for p in m.parameters():
             p.add_(0.01 * torch.randn(p.shape, generator=g))
     m.fit_normalization(_x(200, d=d))
-    if arch == "batch_topk":
+    if hasattr(m, "calibrate_threshold"):  # BatchTopK family: inference needs θ
         m.calibrate_threshold([_x(16, d=d, seed=s) for s in range(3)])
     return m
 
@@ -160,8 +165,8 @@ def test_wrong_format_and_version(tmp_path: Path) -> None:
 
 def test_unknown_arch(tmp_path: Path) -> None:
     save_sae(_trained_like("topk"), tmp_path / "a")
-    _edit_config(tmp_path / "a", lambda d: d.update(arch="matryoshka"))
-    with pytest.raises(SAEFileError, match="unknown arch 'matryoshka'"):
+    _edit_config(tmp_path / "a", lambda d: d.update(arch="gated"))
+    with pytest.raises(SAEFileError, match="unknown arch 'gated'"):
         load_sae(tmp_path / "a")
 
 

@@ -343,3 +343,59 @@ def test_no_warnings_on_clean_data():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         knn(torch.randn(200, 3, generator=gen(15)), 5)
+
+
+# ---------------------------------------------------------------- low-rank filter (lid/low_rank.py)
+
+
+def _low_rank_data(n: int, rank: int, d: int, noise: float, seed: int, offset: float = 0.0) -> torch.Tensor:
+    g = gen(seed)
+    z = torch.randn(n, rank, generator=g, dtype=torch.float64)
+    frame, _ = torch.linalg.qr(torch.randn(d, rank, generator=g, dtype=torch.float64))
+    x = z @ frame.T + noise * torch.randn(n, d, generator=g, dtype=torch.float64) + offset
+    return x.float()
+
+
+def test_choose_rank_follows_the_spectrum():
+    from softsae_lib.lid.low_rank import choose_rank
+
+    r, basis = choose_rank(_low_rank_data(5000, 6, 96, 1e-4, 30), 10)
+    assert r == 6 and basis.shape == (96, 6)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert choose_rank(torch.randn(5000, 96, generator=gen(31)), 10) is None  # isotropic: brute force
+    assert choose_rank(torch.randn(500, 96, generator=gen(32)), 10) is None  # small N: brute force
+
+
+@pytest.mark.parametrize("method", ["auto", 3, 12])
+def test_low_rank_filter_is_exact(method):
+    """The filter path returns exactly brute force's neighbours: with a tight basis (auto: rank 8), with a
+    too-small one (3: most rows fail certification and are redone) and with a larger one (12)."""
+    x = _low_rank_data(4500, 8, 64, 1e-3, 33, offset=5.0)
+    dist, idx = knn(x, 15, method=method)
+    bd, bi = brute(x, x, 15, True)
+    assert torch.equal(idx, bi)
+    torch.testing.assert_close(dist, bd, rtol=1e-12, atol=0)
+
+
+def test_low_rank_filter_counts_uncertified_rows():
+    from softsae_lib.lid.low_rank import knn_low_rank, low_rank_basis
+
+    x = _low_rank_data(4500, 8, 64, 1e-3, 34)
+
+    def search(a, b, kk, self_):
+        return nb._exact_knn(a, a if b is None else b, kk, self_, 2048, 8)
+
+    _, _, redone_tight = knn_low_rank(x, 10, low_rank_basis(x, 8)[1], 8, search)
+    _, _, redone_loose = knn_low_rank(x, 10, low_rank_basis(x, 2)[1], 8, search)
+    assert redone_tight < 0.05 * len(x) < 0.5 * len(x) < redone_loose
+
+
+def test_low_rank_filter_with_duplicates():
+    x = _low_rank_data(4500, 5, 48, 1e-3, 35)
+    x[100:110] = x[7]
+    with pytest.warns(UserWarning, match="11 of 4500 points have an exact duplicate"):
+        dist, idx = knn(x, 6, duplicates="exclude", method=5)
+    assert bool((dist[:, 0] > 0).all())
+    d = torch.cdist(x[7:8].double(), x.double(), compute_mode="donot_use_mm_for_euclid_dist")[0]
+    d[d == 0] = math.inf
+    torch.testing.assert_close(dist[7], d.sort().values[:6], rtol=1e-12, atol=0)

@@ -8,6 +8,7 @@ and BatchTopK, so all three are compared at the same mean number of active laten
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,29 +49,48 @@ def train_config(p: dict, arch: str) -> TrainConfig:
         alpha_anneal_steps=max(1, int(anneal * steps)) if arch == "soft" and anneal else None,
         hard_topk_steps=steps // 10 if arch == "soft" else None,
         dead_threshold=p.get("dead_threshold", 50 * p["batch_size"]), seed=p["seed"],
-        log_every=max(1, steps // 100), progress=p.get("progress"),
+        log_every=max(1, steps // 100), progress=p.get("progress"), device=p.get("device"),
     )
 
 
-def fit_and_evaluate(arch: str, k: int, x_train: torch.Tensor, x_test: torch.Tensor, p: dict) -> TrainedModel:
-    model = make_sae(arch, d_model=x_train.shape[1], dict_size=p["dict_size"], k=k, seed=p["seed"])
+def fit_and_evaluate(arch: str, k: int, x_train: torch.Tensor, x_test: torch.Tensor, p: dict,
+                     config: dict | None = None,
+                     after_training: Callable[[SAE], None] | None = None) -> TrainedModel:
+    """Train ``arch`` with budget ``k`` (or the explicit ``config`` kwargs) and evaluate it on x_test.
+
+    ``after_training(model)`` runs before evaluation (e.g. inference-threshold calibration); its time
+    is not part of ``train_seconds``.
+    """
+    config = {"k": k} if config is None else config
+    model = make_sae(arch, d_model=x_train.shape[1], dict_size=p["dict_size"], seed=p["seed"], **config)
     t0 = time.perf_counter()
     result = train_sae(model, x_train, train_config(p, arch))
     seconds = time.perf_counter() - t0
+    if after_training is not None:
+        after_training(model)
     metrics = evaluate_sae(model, x_test, return_per_sample=True)
     per_sample = metrics.pop("per_sample")
     return TrainedModel(arch, model, result.history, metrics, per_sample, seconds)
 
 
 def train_matched(x_train: torch.Tensor, x_test: torch.Tensor, p: dict,
-                  baselines: tuple[str, ...] = BASELINES, log=print) -> dict[str, TrainedModel]:
-    """SoftSAE at target ``p['k']``, then each baseline at SoftSAE's realised mean L0 (rounded)."""
-    out = {"soft": fit_and_evaluate("soft", p["k"], x_train, x_test, p)}
+                  baselines: tuple[str, ...] = BASELINES, log=print,
+                  configure: Callable[[str, int], dict] | None = None,
+                  after_training: Callable[[SAE], None] | None = None) -> dict[str, TrainedModel]:
+    """SoftSAE at target ``p['k']``, then each baseline at SoftSAE's realised mean L0 (rounded).
+
+    ``configure(arch, k)`` gives the config kwargs that put ``arch`` at budget k (default ``{"k": k}``);
+    ``after_training`` is passed to :func:`fit_and_evaluate`.
+    """
+    configure = configure or (lambda arch, k: {"k": k})
+    out = {"soft": fit_and_evaluate("soft", p["k"], x_train, x_test, p, configure("soft", p["k"]),
+                                    after_training)}
     matched_k = max(1, int(round(out["soft"].metrics["l0"]["mean"])))
     log(f"SoftSAE: mean k̂ {out['soft'].metrics['k_hat']['mean']:.2f}, realised mean L0 "
         f"{out['soft'].metrics['l0']['mean']:.2f} → baselines trained at k = {matched_k}")
     for arch in baselines:
-        out[arch] = fit_and_evaluate(arch, matched_k, x_train, x_test, p)
+        out[arch] = fit_and_evaluate(arch, matched_k, x_train, x_test, p, configure(arch, matched_k),
+                                     after_training)
     return out
 
 
@@ -78,7 +98,7 @@ def summary_table(models: dict[str, TrainedModel]) -> pd.DataFrame:
     """One row per model: reconstruction and sparsity on held-out data."""
     rows = []
     for arch, m in models.items():
-        rows.append({"model": arch, "k": m.model.config.k, "fvu": m.metrics["fvu"],
+        rows.append({"model": arch, "k": getattr(m.model.config, "k", np.nan), "fvu": m.metrics["fvu"],
                      "cosine": m.metrics["cosine"], "l0_mean": m.metrics["l0"]["mean"],
                      "l0_std": m.metrics["l0"]["std"], "dead_fraction": m.metrics["dead_fraction"],
                      "k_hat_mean": m.metrics.get("k_hat", {}).get("mean", np.nan),
@@ -96,9 +116,10 @@ def per_sample_frame(models: dict[str, TrainedModel], **truth: np.ndarray | torc
 
 
 def association_table(frame: pd.DataFrame, kappas: list[str], targets: list[str], clusters: str | None = None,
-                      n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                      n_boot: int = 1000, seed: int = 0, covariates: list[str] | None = None) -> pd.DataFrame:
     """Spearman/Pearson/Kendall (+ cluster-bootstrap CI) of each sparsity column against each target.
 
+    ``covariates`` (column names) adds the partial Spearman correlation controlling for them.
     A column that is constant (TopK's L0, by construction) gets a row of NaN with ``note`` saying so.
     """
     rows = []
@@ -109,8 +130,23 @@ def association_table(frame: pd.DataFrame, kappas: list[str], targets: list[str]
                 row["note"] = "constant: correlation undefined"
             else:
                 cl = frame[clusters].to_numpy() if clusters else None
+                cov = frame[covariates].to_numpy(dtype=float) if covariates else None
                 row.update(summarize_association(frame[kappa].to_numpy(), frame[target].to_numpy(),
-                                                 clusters=cl, n_boot=n_boot, seed=seed))
+                                                 covariates=cov, clusters=cl, n_boot=n_boot, seed=seed))
                 row["note"] = ""
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def train_matched_grid(x_train, x_test: torch.Tensor, p: dict, ks: tuple[int, ...] | list[int],
+                       baselines: tuple[str, ...] = BASELINES,
+                       log=print) -> dict[int, dict[str, TrainedModel]]:
+    """:func:`train_matched` at each SoftSAE target k of ``ks``: {k: {arch: model}} (an L0 frontier)."""
+    return {k: train_matched(x_train, x_test, dict(p, k=k), baselines=baselines, log=log) for k in ks}
+
+
+def grid_summary_table(grid: dict[int, dict[str, TrainedModel]]) -> pd.DataFrame:
+    """:func:`summary_table` of every grid point, with the SoftSAE target ``k_target`` as first column."""
+    table = pd.concat([summary_table(models).assign(k_target=k) for k, models in grid.items()],
+                      ignore_index=True)
+    return table[["k_target", *[c for c in table.columns if c != "k_target"]]]

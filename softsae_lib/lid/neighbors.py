@@ -63,7 +63,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from softsae_lib.lid.low_rank import choose_rank, knn_low_rank, low_rank_basis
+
 Duplicates = Literal["error", "warn", "exclude", "dedupe"]
+Method = Literal["auto", "brute"] | int
 _DUPLICATES = ("error", "warn", "exclude", "dedupe")
 _TILE_ELEMS = 1 << 26  # upper bound on the elements of one distance tile
 _GATHER_ELEMS = 1 << 23  # upper bound on gathered candidate coordinates in the exact re-ranking
@@ -283,7 +286,15 @@ class _Searcher:
         self.tau[g] = v.amax(1)
 
 
-def _exact_knn(q: Tensor, r: Tensor, k: int, exclude_self: bool, block_size: int, extra: int):
+def _exact_knn(q: Tensor, r: Tensor, k: int, exclude_self: bool, block_size: int, extra: int,
+               method: Method = "brute"):
+    if exclude_self and method != "brute" and k + 3 <= q.shape[0]:
+        chosen = choose_rank(q, k) if method == "auto" else low_rank_basis(q, int(method))
+        if chosen is not None:
+            def brute(a: Tensor, b: Tensor | None, kk: int, self_: bool):
+                return _exact_knn(a, a if b is None else b, kk, self_, block_size, extra)
+
+            return knn_low_rank(q, k, chosen[1], extra, brute)[:2]
     searcher = _Searcher(q, r, k, exclude_self, extra)
     if exclude_self:
         searcher.run_self(block_size)
@@ -319,6 +330,7 @@ def knn(
     duplicates: Duplicates = "error",
     block_size: int = 2048,
     extra: int = 8,
+    method: Method = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Exact K nearest neighbours (Euclidean), memory-bounded; see the module docstring.
 
@@ -333,6 +345,9 @@ def knn(
             within the reference set.
         block_size: rows per distance tile (tiles are further capped at 2²⁶ elements).
         extra: candidates selected beyond K before the exact re-ranking.
+        method: "brute" (this module's search), an int r (self mode: the exact rank-r filter of
+            :mod:`softsae_lib.lid.low_rank`), or "auto" (the filter when the PCA spectrum makes it
+            pay, :func:`~softsae_lib.lid.low_rank.choose_rank`; else brute). Results are exact either way.
     Returns:
         ``(dist, idx)``: dist (N, K) float64 sorted ascending, idx (N, K) long into ``x`` (or ``reference``).
     """
@@ -348,7 +363,7 @@ def knn(
         x = x.to(r.dtype)
     ded = deduplicate(r) if duplicates == "dedupe" else None
     if ded is None or ded[2] == 0:  # plain search; duplicates only matter if a zero distance shows up
-        dist, idx = _exact_knn(x, r, k, self_mode, block_size, extra)
+        dist, idx = _exact_knn(x, r, k, self_mode, block_size, extra, method)
         if not bool((dist[:, 0] == 0).any()):
             return dist, idx
     else:
@@ -384,7 +399,7 @@ def knn(
     if self_mode:
         if k > ru.shape[0] - 1:
             raise ValueError(f"{msg}; k={k} exceeds the {ru.shape[0] - 1} other distinct points")
-        du, iu = _exact_knn(ru, ru, k, True, block_size, extra)
+        du, iu = _exact_knn(ru, ru, k, True, block_size, extra, method)
         du, iu = du[inv], iu[inv]
     else:
         cols = torch.arange(k, device=x.device) + zero_rows.long()[:, None]

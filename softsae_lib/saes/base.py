@@ -101,6 +101,8 @@ class SAE(nn.Module):
     """Keep decoder rows at unit norm (parallel-gradient removal + renormalisation)."""
     uses_auxk: ClassVar[bool] = True
     """Whether the trainer adds the AuxK dead-latent loss."""
+    synced_buffers: ClassVar[tuple[str, ...]] = ()
+    """Running statistics that data-parallel training averages across ranks after every step."""
 
     def __init__(self, config: SAEConfig | None = None, /, **overrides) -> None:
         super().__init__()

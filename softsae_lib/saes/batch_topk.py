@@ -31,6 +31,7 @@ class BatchTopKConfig(SAEConfig):
 
 class BatchTopKSAE(SAE):
     arch = "batch_topk"
+    synced_buffers = ("threshold",)
     config_cls = BatchTopKConfig
 
     def _init_extra(self, gen: torch.Generator) -> None:

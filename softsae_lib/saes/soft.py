@@ -34,6 +34,7 @@ import torch.nn.functional as F_
 from softsae_lib.ops.hard_topk import per_row_topk
 from softsae_lib.ops.soft_topk import soft_topk_gate
 from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext, check_k
+from softsae_lib.training.distributed import global_mean
 
 
 @dataclass
@@ -111,7 +112,8 @@ class SoftSAE(SAE):
             z, _, kth = soft_topk_gate(r, k_hat.unsqueeze(1), ctx.alpha)  # r ⊙ p, fused backward
             # Fired = selected by the hard top-⌊k̂⌋ that inference would use (and positive).
             active = r >= kth.clamp(min=torch.finfo(r.dtype).tiny).unsqueeze(1)
-            k_loss = F_.softplus(k_hat.mean() - ctx.k, beta=cfg.k_loss_beta)
+            # the batch mean spans all ranks under data-parallel training (exact multi-GPU gradient)
+            k_loss = F_.softplus(global_mean(k_hat) - ctx.k, beta=cfg.k_loss_beta)
         recon = self.decode_normalized(z)
         l2 = self.recon_loss(x_n, recon)
         loss = l2 + cfg.k_loss_weight * k_loss

@@ -4,8 +4,10 @@ For arrays the batch of step s is a pure function of (seed, s): each epoch is a 
 permutation drawn from a generator seeded by (seed, epoch), and the trailing partial batch is
 dropped. A resumed run therefore needs only the step index. The rows of a batch are read in
 sorted order for every array type, so a tensor, an in-memory array and a memmap of the same data
-give bit-identical batches. Iterables are replayed by skipping the batches already consumed; a
-one-shot iterator cannot be replayed, so batches read ahead with ``batch(step, keep=True)`` (the
+give bit-identical batches. Under data-parallel training (``world_size`` W > 1) every rank draws
+the same global batch and keeps its 1/W slice of it (rows sorted as above, then cut in W equal
+parts), so W processes together see exactly the batch of one process. Iterables are replayed by
+skipping the batches already consumed; a one-shot iterator cannot be replayed, so batches read ahead with ``batch(step, keep=True)`` (the
 normalisation sample) are kept and handed out again when training reaches their step.
 """
 
@@ -17,19 +19,35 @@ import numpy as np
 import torch
 
 
+class _RowReader:
+    """Array view of a row-addressable store (``softsae_lib.activations.cache.ActivationCache``)."""
+
+    ndim = 2
+
+    def __init__(self, store) -> None:
+        self.store, self.shape = store, (len(store), store.d)
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        return self.store.rows(index)
+
+
 class BatchSource:
     """``batch(step) -> (B, d) float32 tensor`` over the data, for consecutive or resumed steps."""
 
-    def __init__(self, data, batch_size: int, d_model: int, seed: int = 0) -> None:
+    def __init__(self, data, batch_size: int, d_model: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
         self.d_model = d_model
         self.seed = seed
+        self.rank, self.world_size = rank, world_size
         self._array = None
         self._iterable: Iterable | None = None
         self._iter: Iterator | None = None
         self._next_step = 0
         self._kept: dict[int, torch.Tensor] = {}
         self._perm_cache: tuple[int, torch.Tensor | None] = (-1, None)
-        if isinstance(data, (torch.Tensor, np.ndarray)):
+        if hasattr(data, "rows") and hasattr(data, "d") and hasattr(data, "__len__"):
+            data = _RowReader(data)  # an ActivationCache: every rank reads only its rows, shard by shard
+        if isinstance(data, (torch.Tensor, np.ndarray, _RowReader)):
             if data.ndim != 2 or data.shape[1] != d_model:
                 raise ValueError(f"data must have shape (N, {d_model}), got {tuple(data.shape)}")
             if data.shape[0] < batch_size:
@@ -89,8 +107,9 @@ class BatchSource:
                     self._kept[step] = x
                 return x
 
-    def batch(self, step: int, keep: bool = False) -> torch.Tensor:
-        """The (B, d) float32 batch for ``step``; raises ValueError naming the step on bad shape.
+    def batch(self, step: int, keep: bool = False, full: bool = False) -> torch.Tensor:
+        """The batch for ``step``: (B/W, d) float32, this rank's slice of the global (B, d) batch
+        (``full=True``: the whole global batch). Raises ValueError naming the step on bad shape.
 
         ``keep=True`` marks a read-ahead (e.g. for normalisation): a one-shot iterator's batch is
         then kept until ``batch(step)`` is asked for again, instead of being lost.
@@ -98,4 +117,10 @@ class BatchSource:
         x = self._from_array(step) if self._array is not None else self._from_iterable(step, keep)
         if x.ndim != 2 or x.shape[1] != self.d_model or x.shape[0] == 0:
             raise ValueError(f"step {step}: batch has shape {tuple(x.shape)}, expected (B>0, {self.d_model})")
+        if self.world_size > 1 and not full:
+            if x.shape[0] % self.world_size:
+                raise ValueError(f"step {step}: global batch of {x.shape[0]} rows does not split evenly "
+                                 f"over {self.world_size} ranks")
+            n = x.shape[0] // self.world_size
+            x = x[self.rank * n:(self.rank + 1) * n]
         return x.float() if x.dtype != torch.float32 else x

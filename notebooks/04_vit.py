@@ -1,0 +1,196 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # SoftSAE on ViT image embeddings: does k̂ follow image complexity?
+#
+# Image embeddings (the CLS token after the encoder's final LayerNorm) are captured from a vision
+# transformer through its own image processor into the project's activation cache. SoftSAE is trained
+# first; TopK, BatchTopK and Matryoshka are trained at its realised mean L0 (matched sparsity). We then
+# ask how the per-image budget k̂ is distributed, overall and per class; which images get the fewest and
+# the most latents; and how k̂ relates to the local intrinsic dimension (LID) of the embedding cloud and
+# to simple complexity proxies (compressed size, edge density, classifier entropy). Confidence intervals
+# resample whole classes (cluster bootstrap), because images of one class share structure.
+#
+# Encoders by profile: `smoke` a randomly initialised tiny ViT (tests the plumbing only, its numbers mean
+# nothing); `local` the project's own small ViT trained on CIFAR-10 (`data/models/cifar10-vit`, see
+# notebook 00 — no pretrained ViT can be downloaded on the offline machines); `paper` ViT-B/16 from the
+# hub (`google/vit-base-patch16-224`; CLIP ViT-B/16 `openai/clip-vit-base-patch16` works the same way).
+# Every figure names its encoder.
+
+# %% tags=["parameters"]
+profile = "smoke"  # smoke | local | paper (see softsae_lib/profiles.py)
+out_dir = None  # folder for metrics and figures; None writes nothing
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from softsae_lib.experiments.matched import association_table, per_sample_frame, summary_table, train_matched
+from softsae_lib.lid import local_id
+from softsae_lib.plots import by_group, save_figure, scatter_with_trend
+from softsae_lib.provenance import save_metrics
+from softsae_lib.reproduce import notebook_setup
+from softsae_lib.saes import ARCHITECTURES
+from softsae_lib.vision.capture import describe, load_vision_encoder, random_vision_encoder
+from softsae_lib.vision.experiment import embed, extreme_indices, image_grid, per_class_table
+from softsae_lib.vision.images import load_cifar10
+from softsae_lib.vision.proxies import complexity_proxies
+
+P, out = notebook_setup("04_vit", profile, out_dir)
+if P["threads"]:  # tiny tensors on shared cores: extra threads only add synchronisation
+    torch.set_num_threads(P["threads"])
+P["baselines"] = tuple(b for b in P["baselines"] if b in ARCHITECTURES)  # Matryoshka once it exists
+P
+
+# %% [markdown]
+# ## 1. Encoder and images
+
+# %%
+if P["encoder"].startswith("random-tiny"):
+    encoder = random_vision_encoder(P["encoder"].split("-")[-1], seed=P["seed"])
+else:
+    encoder = load_vision_encoder(P["encoder"], device=P["device"] or "cpu")
+ENC = describe(encoder)
+train_images = load_cifar10("train").stratified(P["n_train"] // 10, seed=P["seed"])
+test_images = load_cifar10("test").stratified(P["n_test"] // 10, seed=P["seed"])
+print(ENC)
+print(f"train {len(train_images)} images, test {len(test_images)} images (CIFAR-10, stratified by class)")
+
+# %%
+emb_train = embed(encoder, train_images, f"cifar10-train-{len(train_images)}-s{P['seed']}", P["layer"],
+                  P["capture_batch"])
+emb_test = embed(encoder, test_images, f"cifar10-test-{len(test_images)}-s{P['seed']}", P["layer"],
+                 P["capture_batch"])
+x_train, x_test = emb_train.x, emb_test.x
+if emb_test.logits is not None:
+    print(f"encoder's own test accuracy on these images: "
+          f"{(emb_test.logits.argmax(1) == emb_test.labels).mean():.4f}")
+print(f"embeddings: train {tuple(x_train.shape)}, test {tuple(x_test.shape)}")
+
+# %% [markdown]
+# ## 2. SoftSAE, then the baselines at its realised mean L0
+
+# %%
+models = train_matched(x_train, x_test, P, baselines=P["baselines"])
+table = summary_table(models)
+table
+
+# %% [markdown]
+# ## 3. The distribution of k̂, overall and per class
+
+# %%
+labels = emb_test.labels
+class_names = test_images.class_names
+lid = local_id(x_test, P["lid_k"], estimators=("mle", "twonn"), duplicates="exclude")
+proxies = complexity_proxies(test_images.images, emb_test.logits)
+frame = per_sample_frame(models, label=labels, lid_mle=lid["mle"].numpy(), lid_twonn=lid["twonn"].numpy(),
+                         norm=x_test.norm(dim=1).numpy(), **proxies)
+frame["class"] = [class_names[i] for i in labels]
+sparsity_cols = ["soft_k_hat", "soft_l0"] + [f"{b}_l0" for b in P["baselines"]]
+per_class = per_class_table(frame, sparsity_cols, "label", class_names)
+per_class
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(15, 4), gridspec_kw={"width_ratios": [1, 2.2]})
+axes[0].hist(frame["soft_k_hat"], bins=50, alpha=0.7, label="SoftSAE k̂")
+axes[0].hist(frame["soft_l0"], bins=np.arange(frame["soft_l0"].max() + 2) - 0.5, alpha=0.5,
+             label="SoftSAE L0 = ⌊k̂⌋")
+if "batch_topk_l0" in frame:
+    axes[0].hist(frame["batch_topk_l0"], bins=np.arange(frame["batch_topk_l0"].max() + 2) - 0.5, alpha=0.4,
+                 label="BatchTopK L0 (matched)")
+axes[0].axvline(P["k"], color="k", ls=":", label=f"target k = {P['k']}")
+axes[0].set(xlabel="active latents per image", ylabel="images", title="per-image budget")
+axes[0].legend(fontsize=7)
+by_group(axes[1], frame["class"], frame["soft_k_hat"], "class", "SoftSAE k̂", "k̂ per class")
+axes[1].tick_params(axis="x", labelrotation=30)
+fig.suptitle(f"k̂ on CIFAR-10 test embeddings — encoder: {ENC}", fontsize=9)
+if out:
+    save_figure(fig, out / "khat_distribution.png")
+plt.show()
+
+# %% [markdown]
+# ## 4. The images with the smallest and the largest budget
+
+# %%
+low, high = extreme_indices(frame["soft_k_hat"].to_numpy(), P["grid_n"], seed=P["seed"])
+for name, idx in (("lowest", low), ("highest", high)):
+    caps = [f"{frame['class'][i]}\nk̂={frame['soft_k_hat'][i]:.1f}" for i in idx]
+    fig = image_grid(test_images.images[idx], caps,
+                     f"{name} SoftSAE k̂ of {len(frame)} test images — encoder: {ENC}")
+    if out:
+        save_figure(fig, out / f"grid_{name}_khat.png")
+    plt.show()
+
+# %% [markdown]
+# ## 5. k̂ against LID and complexity proxies (cluster-bootstrap CIs over classes)
+# LID is estimated on the held-out embeddings themselves (MLE, local TwoNN; K neighbours; exact
+# duplicates excluded from each other's neighbourhoods). The same statistics are given for every
+# baseline's L0: TopK's is constant by construction, BatchTopK's and Matryoshka's vary through their
+# global inference thresholds.
+
+# %%
+targets = ["lid_mle", "lid_twonn", "png_bytes", "jpeg_bytes", "edge_density", "mean_gradient", "norm"]
+targets += ["classifier_entropy"] if "classifier_entropy" in frame else []
+assoc = association_table(frame, sparsity_cols, targets, clusters="label", n_boot=P["n_boot"], seed=P["seed"])
+assoc[["kappa", "target", "n", "spearman", "spearman_ci_low", "spearman_ci_high", "pearson", "kendall",
+       "n_clusters", "share_at_min", "share_at_max", "note"]]
+
+# %%
+fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+scatter_with_trend(axes[0], frame["lid_mle"], frame["soft_k_hat"], f"LID (MLE, K={P['lid_k']})", "SoftSAE k̂",
+                   "k̂ vs LID")
+scatter_with_trend(axes[1], frame["png_bytes"], frame["soft_k_hat"], "PNG size (bytes)", "SoftSAE k̂",
+                   "k̂ vs compressed size")
+scatter_with_trend(axes[2], frame["edge_density"], frame["soft_k_hat"], "edge density (Sobel)", "SoftSAE k̂",
+                   "k̂ vs edge density")
+if "classifier_entropy" in frame:
+    scatter_with_trend(axes[3], frame["classifier_entropy"], frame["soft_k_hat"], "classifier entropy (nats)",
+                       "SoftSAE k̂", "k̂ vs classifier entropy")
+else:
+    axes[3].axis("off")
+fig.suptitle(f"k̂ vs complexity, CIFAR-10 test — encoder: {ENC}", fontsize=9)
+if out:
+    save_figure(fig, out / "khat_vs_complexity.png")
+plt.show()
+
+# %% [markdown]
+# How to read this: a positive ρ(k̂, LID) with a CI that excludes 0 says images in locally
+# higher-dimensional regions of the embedding space get more latents. With 10 classes as clusters the
+# CIs are wide; per-class means (table above) show whether the effect is mostly between classes.
+# For `smoke` the encoder is random and the numbers carry no meaning.
+
+# %% [markdown]
+# ## 6. Results file
+
+# %%
+def _records(df):
+    return df.replace({np.nan: None}).to_dict(orient="records")
+
+
+metrics = {
+    "params": P, "encoder": ENC, "n_train": len(train_images), "n_test": len(test_images),
+    "encoder_test_accuracy": (None if emb_test.logits is None
+                              else float((emb_test.logits.argmax(1) == emb_test.labels).mean())),
+    "models": _records(table), "association": _records(assoc),
+    "per_class": _records(per_class.reset_index(names="class")),
+    "lid_mle_mean": float(frame["lid_mle"].mean()),
+}
+if out:
+    save_metrics(out / "metrics.json", metrics)
+    frame.to_csv(out / "per_sample.csv", index=False)
+rho = assoc.set_index(["kappa", "target"]).loc[("soft_k_hat", "lid_mle"), "spearman"]
+print(f"{ENC}: Spearman(k̂, LID MLE) = {rho:.3f}")
