@@ -204,11 +204,11 @@ def test_smollm2_preset_loads_real_weights():
 def test_gemma3_preset_loads():
     lm = load_lm("gemma3-270m")
     assert (lm.n_layers, lm.d_model) == (18, 640) and lm.quantised and lm.bos_id is not None
-    ids = lm.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    ids = lm.tokenizer("The Eiffel Tower is in Paris. Paris is the capital of", return_tensors="pt").input_ids
     assert ids[0, 0] == lm.bos_id  # Gemma's tokenizer adds <bos>
     with torch.no_grad():
         out = lm.model(input_ids=ids, output_hidden_states=True)
-    assert lm.tokenizer.decode(out.logits[0, -1].argmax()).strip() == "Paris"
+    assert lm.tokenizer.decode(out.logits[0, -1].argmax()) == " France"
     torch.testing.assert_close(hidden_at_layer(lm.model, 9, ids), out.hidden_states[10], rtol=0, atol=0)
 
 
