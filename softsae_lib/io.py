@@ -8,7 +8,6 @@ a truncated, corrupted or mismatched weights file is reported rather than silent
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from softsae_lib.atomic import atomic_path, atomic_write_text
+from softsae_lib.atomic import sha256_file as _sha256
 from softsae_lib.provenance import provenance
 from softsae_lib.saes import ARCHITECTURES, SAE
 
@@ -28,14 +28,6 @@ WEIGHTS_FILE = "model.safetensors"
 
 class SAEFileError(ValueError):
     """A saved SAE folder is missing, corrupt, or does not match its config."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_sae(model: SAE, folder: str | Path, metadata: dict | None = None) -> Path:

@@ -40,7 +40,6 @@ stream is a pure function of ``(seed, epoch)``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -48,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from softsae_lib.atomic import atomic_path, atomic_write_text
+from softsae_lib.atomic import atomic_path, atomic_write_text, sha256_file
 
 FORMAT = "softsae_lib.activation_cache"
 FORMAT_VERSION = 1
@@ -67,14 +66,6 @@ class CacheCorruptError(CacheError):
 
 class CacheMismatchError(CacheError):
     """An existing cache was written with a different width, dtype, columns or meta."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _jsonable(value) -> object:

@@ -36,6 +36,7 @@ from torch import nn
 
 from softsae_lib.activations.text import shared_data_dir
 from softsae_lib.atomic import atomic_write_text
+from softsae_lib.atomic import sha256_file as _sha256
 
 
 @dataclass(frozen=True)
@@ -102,14 +103,6 @@ class LanguageModel:
 def cache_root() -> Path:
     """Folder for dequantised weights and other downloads-by-conversion (outside the repository)."""
     return Path(os.environ.get("SOFTSAE_CACHE", Path.home() / ".cache" / "softsae"))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def gpt2_tokenizer(folder: str | Path | None = None):
