@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -28,11 +29,13 @@ def embed(encoder: VisionEncoder, images: ImageSet, tag: str, layer: Layer = "po
           log=print) -> Embeddings:
     """Capture (or reuse) ``images``' embeddings under ``~/.cache/softsae/vit_embeddings`` and load them.
 
-    The folder name carries the encoder, its weight fingerprint, ``tag`` (e.g. "train-30000") and the
-    layer, so re-exported weights get a fresh cache instead of a mismatch.
+    The folder name carries the encoder, its weight fingerprint, ``tag`` (e.g. "train-30000"), the
+    layer and a hash of the image source, so re-exported weights or the same images read from another
+    path (a second clone) get a fresh cache instead of a mismatch.
     """
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder.name)[:60]
-    root = cache_root() / "vit_embeddings" / f"{safe}-{encoder.fingerprint()}" / f"{tag}-{layer}"
+    src = hashlib.sha256(str(images.source).encode()).hexdigest()[:12]
+    root = cache_root() / "vit_embeddings" / f"{safe}-{encoder.fingerprint()}" / f"{tag}-{layer}-{src}"
     res = capture_images(encoder, images, root, layer=layer, batch_size=batch_size, log=log)
     labels = res.cls.column("label")
     if not np.array_equal(labels, images.labels):
