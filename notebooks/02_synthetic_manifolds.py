@@ -151,14 +151,10 @@ plt.show()
 # ## 5. Results file
 
 # %%
-def _records(df):
-    return df.replace({np.nan: None}).to_dict(orient="records")
-
-
 metrics = {
     "params": P,
-    "manifolds": {"models": _records(table), "association": _records(assoc)},
-    "superposition": {"models": _records(sup_table), "association": _records(sup_assoc)},
+    "manifolds": {"models": table, "association": assoc},
+    "superposition": {"models": sup_table, "association": sup_assoc},
 }
 if out:
     save_metrics(out / "metrics.json", metrics)

@@ -294,19 +294,15 @@ plt.show()
 # ## 6. Results file
 
 # %%
-def _records(df):
-    return df.replace({np.nan: None}).to_dict(orient="records")
-
-
 timings["total_s"] = time.perf_counter() - t_all
 timings["process_cpu_s"] = time.process_time() - cpu_all  # CPU time of all threads (shared machines)
 metrics = {
     "params": P,
     "model": {**lm.meta(), "layer": layer, "description": MODEL},
-    "capture": _records(capture_table),
+    "capture": capture_table,
     "ce": {k: ce[k] for k in ("ce_clean", "ce_zero", "kl_zero", "n_tokens")},
-    "models": _records(table),
-    "association": _records(assoc),
+    "models": table,
+    "association": assoc,
     "lid_tokens": int(len(sub)),
     "timings": timings,
 }

@@ -177,16 +177,12 @@ plt.show()
 # ## 6. Results file
 
 # %%
-def _records(df):
-    return df.replace({np.nan: None}).to_dict(orient="records")
-
-
 metrics = {
     "params": P, "encoder": ENC, "n_train": len(train_images), "n_test": len(test_images),
     "encoder_test_accuracy": (None if emb_test.logits is None
                               else float((emb_test.logits.argmax(1) == emb_test.labels).mean())),
-    "models": _records(table), "association": _records(assoc),
-    "per_class": _records(per_class.reset_index(names="class")),
+    "models": table, "association": assoc,
+    "per_class": per_class.reset_index(names="class"),
     "lid_mle_mean": float(frame["lid_mle"].mean()),
 }
 if out:

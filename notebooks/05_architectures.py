@@ -249,19 +249,15 @@ plt.show()
 # ## 4. Results file
 
 # %%
-def _records(df):
-    return df.replace({np.nan: None}).to_dict(orient="records")
-
-
 timings["total_s"] = time.perf_counter() - t_all
 metrics = {
     "params": P,
-    "table": _records(table),
-    "synthetic": {"models": _records(synth.table), "association": _records(synth.association),
-                  "frontier": _records(synth_frontier)},
+    "table": table,
+    "synthetic": {"models": synth.table, "association": synth.association,
+                  "frontier": synth_frontier},
     "real": None if real is None else {
-        "model": MODEL, "models": _records(real.table), "association": _records(real.association),
-        "frontier": _records(real_frontier)},
+        "model": MODEL, "models": real.table, "association": real.association,
+        "frontier": real_frontier},
     "timings": timings,
 }
 if out:

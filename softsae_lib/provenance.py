@@ -47,7 +47,8 @@ def provenance() -> dict:
 
 
 def save_metrics(path, metrics: dict) -> None:
-    """Write ``metrics`` plus this run's provenance as JSON, atomically (NaN becomes null)."""
+    """Write ``metrics`` plus this run's provenance as JSON, atomically (NaN becomes null; a pandas
+    DataFrame becomes its list of row records)."""
     import json
     import math
 
@@ -58,6 +59,8 @@ def save_metrics(path, metrics: dict) -> None:
             return None
         if isinstance(v, dict):
             return {str(k): clean(x) for k, x in v.items()}
+        if hasattr(v, "columns") and hasattr(v, "to_dict"):  # DataFrame
+            return clean(v.to_dict(orient="records"))
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
         if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
