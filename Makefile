@@ -31,13 +31,15 @@ $(LOCAL_STAMP): $(STAMP) requirements-local.txt
 reproduce: $(STAMP) $(LOCAL_STAMP)
 	$(BIN)/python -m softsae_lib reproduce --profile $(PROFILE) --out results
 
-bench: $(STAMP)
+# Every script in benchmarks/ (capture measures SmolLM2-135M, hence the local requirements).
+bench: $(STAMP) $(LOCAL_STAMP)
 	mkdir -p results/bench
 	$(BIN)/python -m benchmarks.soft_topk > results/bench/soft_topk.json
 	$(BIN)/python -m benchmarks.train_step > results/bench/train_step.json
 	$(BIN)/python -m benchmarks.lid > results/bench/lid.json
 	$(BIN)/python -m benchmarks.soft_topk_scaling --plot results/bench/soft_topk_scaling.png > results/bench/soft_topk_scaling.json
 	$(BIN)/python -m benchmarks.memory --F 16384 32768 65536 > results/bench/memory.json
+	$(BIN)/python -m benchmarks.capture > results/bench/capture.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check softsae_lib tests benchmarks

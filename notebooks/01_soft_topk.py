@@ -83,8 +83,7 @@ a = 0.3
 ts = np.linspace(float(x.min()) - 1, float(x.max()) + 1, 400)
 phi = [float((0.5 * np.where(u > 0, 2 - np.exp(-u), np.exp(u))).sum())
        for u in ((x.numpy() - t) / a for t in ts)]
-_, t_star, _ = soft_topk_gate(x.unsqueeze(0), k, a)
-t_star = float(t_star)
+t_star = float(soft_topk_gate(x.unsqueeze(0), k, a).t)
 fig, ax = plt.subplots(figsize=(6, 3.2))
 ax.plot(ts, phi, label="Φ(t)")
 ax.axhline(k, color="gray", ls=":", label=f"k = {k}")

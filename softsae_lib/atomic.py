@@ -1,5 +1,5 @@
-"""Atomic file writes (a reader sees the old file or the complete new one, never a torn write) and
-the SHA-256 of a file (how saved models and cache shards detect corruption)."""
+"""Atomic file writes (a reader sees the old file or the complete new one, never a torn write), the
+SHA-256 of a file (how saved models and cache shards detect corruption), and the cache folder."""
 
 from __future__ import annotations
 
@@ -41,3 +41,9 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def cache_root() -> Path:
+    """``$SOFTSAE_CACHE`` or ``~/.cache/softsae``: decoded data, converted weights, activation caches
+    and checkpoints, always outside the repository."""
+    return Path(os.environ.get("SOFTSAE_CACHE", Path.home() / ".cache" / "softsae"))

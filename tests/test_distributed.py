@@ -121,8 +121,8 @@ def test_train_cli_reads_an_activation_cache_like_the_array(tmp_path):
     with CacheWriter(tmp_path / "cache", d=8, meta={"what": "test"}, shard_rows=128) as w:
         for s in range(0, 300, 100):
             w.append(x[s:s + 100])
-    common = ["train", "--arch", "topk", "--dict-size", "16", "--k", "2", "--steps", "6", "--batch-size", "32",
-              "--warmup-steps", "1"]
+    common = ["train", "--arch", "topk", "--dict-size", "16", "--k", "2", "--steps", "6",
+              "--batch-size", "32", "--warmup-steps", "1"]
     threads = torch.get_num_threads()
     try:
         assert main([*common, "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "a")]) == 0

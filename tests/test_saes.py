@@ -325,6 +325,25 @@ def test_soft_soft_phase_trains_k_estimator() -> None:
     assert out.recon.shape == x.shape and out.pre_acts.shape == (32, F)
 
 
+def test_soft_phase_fired_latents_are_the_inference_selection() -> None:
+    """Dead tracking and the logged L0 count what inference would select: top-⌊k̂⌋ of r, r > 0."""
+    from softsae_lib.ops import topk_mask
+
+    m = _make("soft", normalization="none", seed=3)
+    x = _x(48)
+    for b_enc in (0.0, -0.6):  # -0.6: many rows have fewer than ⌊k̂⌋ positive pre-activations
+        with torch.no_grad():
+            m.b_enc.fill_(b_enc)
+        out = m.loss(x, _ctx(k=K, alpha=0.05))
+        with torch.no_grad():
+            r = out.pre_acts
+            selected = topk_mask(r, m.predict_k(x)) & (r > 0)
+        assert out.active is None
+        assert torch.equal(out.fired_latents(), selected.any(dim=0))
+        assert int(out.firing_count()) == int(selected.sum())
+    assert (selected.sum(dim=1) < m.predict_k(x).floor()).any()  # the r > 0 condition was exercised
+
+
 def test_soft_k_hat_float32_under_bf16_autocast() -> None:
     m = _make("soft", normalization="none", k=K, seed=2)
     with torch.no_grad():

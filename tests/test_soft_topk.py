@@ -591,7 +591,7 @@ def test_gate_matches_unfused_product(alpha):
     z_ref = xa * soft_topk(xa, ka, alpha)
     z_ref.backward(g)
     xb, kb = x.clone().requires_grad_(), k.clone().requires_grad_()
-    z, t, kth = soft_topk_gate(xb, kb, alpha)
+    z, t, kth, top = soft_topk_gate(xb, kb, alpha)
     z.backward(g)
     torch.testing.assert_close(z, z_ref.detach(), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-5)
@@ -602,3 +602,9 @@ def test_gate_matches_unfused_product(alpha):
     assert torch.equal(p > 0.5, x > t.unsqueeze(1))
     # kth is the hard top-⌊k⌋ cut: exactly the topk_mask selection (no ties in continuous data).
     assert torch.equal(x >= kth.unsqueeze(1), topk_mask(x, k))
+    # top lists positions by descending x; its first ⌊k⌋ columns are that same selection.
+    assert top.shape == (16, window_size(float(k.max()), 2000))
+    assert (x.gather(1, top).diff(dim=1) <= 0).all()
+    first = torch.arange(top.shape[1]) < k.floor().long()
+    hard = torch.zeros_like(x, dtype=torch.bool).scatter_(1, top, first.expand(16, -1))
+    assert torch.equal(hard, topk_mask(x, k))

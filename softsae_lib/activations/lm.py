@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from torch import nn
 
 from softsae_lib.activations.text import shared_data_dir
-from softsae_lib.atomic import atomic_write_text
+from softsae_lib.atomic import atomic_write_text, cache_root
 from softsae_lib.atomic import sha256_file as _sha256
 
 
@@ -98,11 +97,6 @@ class LanguageModel:
         return {"model": self.name, "label": self.label, "stand_in": self.stand_in,
                 "quantised": self.quantised, "source_hash": self.source_hash, "n_layers": self.n_layers,
                 "d_model": self.d_model, "bos_id": self.bos_id, **self.extra}
-
-
-def cache_root() -> Path:
-    """Folder for dequantised weights and other downloads-by-conversion (outside the repository)."""
-    return Path(os.environ.get("SOFTSAE_CACHE", Path.home() / ".cache" / "softsae"))
 
 
 def gpt2_tokenizer(folder: str | Path | None = None):

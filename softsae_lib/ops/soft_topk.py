@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["soft_topk", "soft_topk_gate", "window_size"]
+__all__ = ["GateOutput", "soft_topk", "soft_topk_gate", "window_size"]
 
 # ln of the smallest normal float, per dtype (see the tail pass in forward).
 _EXP_FLOOR = {torch.float32: -87.0, torch.float64: -708.0}
@@ -248,11 +249,11 @@ class _SoftTopKGate(torch.autograd.Function):
         ctx.alpha = alpha
         ctx.save_for_backward(x, f.p, f.win_idx, f.p_win, f.q_win, f.S)
         t, kth = f.t.to(x.dtype), f.kth
-        ctx.mark_non_differentiable(t, kth)
-        return torch.mul(x, f.p), t, kth
+        ctx.mark_non_differentiable(t, kth, f.win_idx)
+        return torch.mul(x, f.p), t, kth, f.win_idx
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor, _g_t: torch.Tensor, _g_kth: torch.Tensor):
+    def backward(ctx, g: torch.Tensor, _g_t: torch.Tensor, _g_kth: torch.Tensor, _g_idx: torch.Tensor):
         x, p, win_idx, p_win, q_win, S = ctx.saved_tensors
         alpha = ctx.alpha
         g = g.contiguous()
@@ -330,22 +331,35 @@ def soft_topk(x: torch.Tensor, k: torch.Tensor | float, alpha: torch.Tensor | fl
     return p.reshape(x.shape).to(x.dtype)
 
 
+class GateOutput(NamedTuple):
+    """What :func:`soft_topk_gate` returns; only ``z`` is differentiable."""
+
+    z: torch.Tensor
+    """(..., n) x ⊙ p in x's dtype."""
+    t: torch.Tensor
+    """(...,) thresholds: p_j > ½ exactly where x_j > t."""
+    kth: torch.Tensor
+    """(...,) the ⌊k⌋-th largest entry of each row (x_j ≥ kth selects the hard top-⌊k⌋, up to
+    ties; +∞ when ⌊k⌋ = 0)."""
+    top: torch.Tensor
+    """(..., K) long: positions of each row's K largest entries in descending order of x, with
+    K = the window size (> ⌊k⌋ unless K = n); its first ⌊k⌋ columns are the hard top-⌊k⌋."""
+
+
 def soft_topk_gate(x: torch.Tensor, k: torch.Tensor | float, alpha: float,
-                   window: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x ⊙ soft_topk(x, k, α) and the threshold t, with one fused backward (SoftSAE's training code).
+                   window: int | None = None) -> GateOutput:
+    """x ⊙ soft_topk(x, k, α) with one fused backward (SoftSAE's training code), and the selection.
 
     Same values and gradients (for x and k) as ``x * soft_topk(x, k, alpha)``, but the backward
-    pass allocates one full-size buffer instead of four. α is not differentiable here.
-
-    Returns:
-        z: (..., n) in x's dtype; t: (...,) thresholds (p_j > ½ ⟺ x_j > t); kth: (...,) the ⌊k⌋-th
-        largest entry of each row (x_j ≥ kth selects the hard top-⌊k⌋, up to ties; +∞ when
-        ⌊k⌋ = 0). t and kth are not differentiable.
+    pass allocates one full-size buffer instead of four. α is not differentiable here. The
+    threshold and the hard top-⌊k⌋ come for free from the forward pass (see :class:`GateOutput`).
     """
     x2, k2, alpha_val, _ = _prepare(x, k, alpha)
-    if x2.numel() == 0:
-        empty = x.new_zeros(x.shape[:-1])
-        return torch.zeros_like(x), empty, empty
-    z, t, kth = _SoftTopKGate.apply(x2, k2, alpha_val, window)
     lead = x.shape[:-1]
-    return z.reshape(x.shape).to(x.dtype), t.reshape(lead).to(x.dtype), kth.reshape(lead).to(x.dtype)
+    if x2.numel() == 0:
+        empty = x.new_zeros(lead)
+        return GateOutput(torch.zeros_like(x), empty, empty, torch.zeros((*lead, 0), dtype=torch.long,
+                                                                          device=x.device))
+    z, t, kth, top = _SoftTopKGate.apply(x2, k2, alpha_val, window)
+    return GateOutput(z.reshape(x.shape).to(x.dtype), t.reshape(lead).to(x.dtype),
+                      kth.reshape(lead).to(x.dtype), top.reshape(*lead, top.shape[-1]))

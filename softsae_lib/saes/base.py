@@ -84,10 +84,24 @@ class LossOutput:
     """(B, d) reconstruction in normalised space."""
     pre_acts: torch.Tensor
     """(B, F) non-negative pre-selection activations (used by AuxK for dead latents)."""
-    active: torch.Tensor
-    """(B, F) bool: which latents count as having fired (dead-latent tracking)."""
+    active: torch.Tensor | None
+    """(B, F) bool: which latents count as having fired (dead-latent tracking and the logged L0);
+    None when the architecture gives the two reductions below instead."""
     terms: dict[str, float] = dataclasses.field(default_factory=dict)
     """Named loss components and diagnostics for the training history."""
+    fired: torch.Tensor | None = None
+    """(F,) bool: latents that fired anywhere in the batch; default ``active.any(0)``."""
+    n_fired: torch.Tensor | None = None
+    """Scalar: number of (sample, latent) firings in the batch; default ``count_nonzero(active)``.
+    Giving ``fired`` and ``n_fired`` from a compact selection saves two passes over (B, F)."""
+
+    def fired_latents(self) -> torch.Tensor:
+        """(F,) bool: which latents fired in this batch."""
+        return self.active.any(dim=0) if self.fired is None else self.fired
+
+    def firing_count(self) -> torch.Tensor:
+        """Scalar tensor: Σ_b L0_b over the batch (count_nonzero avoids an int64 (B, F) cast)."""
+        return torch.count_nonzero(self.active) if self.n_fired is None else self.n_fired
 
 
 class SAE(nn.Module):

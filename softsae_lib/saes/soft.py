@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F_
 
 from softsae_lib.ops.hard_topk import per_row_topk
+from softsae_lib.ops.relu_mlp_head import relu_mlp_head
 from softsae_lib.ops.soft_topk import soft_topk_gate
 from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext, check_k
 from softsae_lib.training.distributed import global_mean
@@ -81,9 +82,8 @@ class SoftSAE(SAE):
 
     def predict_k_normalized(self, x_n: torch.Tensor) -> torch.Tensor:
         """Continuous budget k̂: (B,) float32 in [1, F] for normalised x_n: (B, d)."""
-        h = self.centred_affine(x_n, self.k_est_W1, self.k_est_b1).relu_()
+        logit = relu_mlp_head(x_n, self.b_dec, self.k_est_W1, self.k_est_b1, self.k_est_w2, self.k_est_b2)
         with torch.autocast(x_n.device.type, enabled=False):
-            logit = h.float() @ self.k_est_w2.float() + self.k_est_b2.float()
             k_hat = torch.sigmoid(logit) * self.config.effective_k_max
             return k_hat.clamp(1.0, float(self.dict_size))
 
@@ -109,9 +109,15 @@ class SoftSAE(SAE):
             k_loss = r.new_zeros(())
         else:
             k_hat = self.predict_k_normalized(x_n)
-            z, _, kth = soft_topk_gate(r, k_hat.unsqueeze(1), ctx.alpha)  # r ⊙ p, fused backward
-            # Fired = selected by the hard top-⌊k̂⌋ that inference would use (and positive).
-            active = r >= kth.clamp(min=torch.finfo(r.dtype).tiny).unsqueeze(1)
+            gate = soft_topk_gate(r, k_hat.unsqueeze(1), ctx.alpha)  # r ⊙ p, fused backward
+            z = gate.z
+            # Fired = selected by the hard top-⌊k̂⌋ that inference would use (and positive); read
+            # off the gate's sorted window, (B, K), instead of comparing all of r: (B, F).
+            with torch.no_grad():
+                rank = torch.arange(gate.top.shape[1], device=r.device)
+                chosen = (rank < k_hat.detach().floor().unsqueeze(1)) & (r.gather(1, gate.top) > 0)
+                fired = torch.zeros(self.dict_size, dtype=torch.bool, device=r.device)
+                fired[gate.top[chosen]] = True
             # the batch mean spans all ranks under data-parallel training (exact multi-GPU gradient)
             k_loss = F_.softplus(global_mean(k_hat) - ctx.k, beta=cfg.k_loss_beta)
         recon = self.decode_normalized(z)
@@ -119,5 +125,7 @@ class SoftSAE(SAE):
         loss = l2 + cfg.k_loss_weight * k_loss
         terms = {"l2": l2.item(), "k_loss": k_loss.item(), "k_hat_mean": k_hat.mean().item(),
                  "k_hat_std": k_hat.std().item() if k_hat.numel() > 1 else 0.0}
-        return LossOutput(loss, recon, r, active, terms)
+        if ctx.hard:
+            return LossOutput(loss, recon, r, active, terms)
+        return LossOutput(loss, recon, r, None, terms, fired=fired, n_fired=chosen.sum())
 

@@ -7,8 +7,9 @@ sorted order for every array type, so a tensor, an in-memory array and a memmap 
 give bit-identical batches. Under data-parallel training (``world_size`` W > 1) every rank draws
 the same global batch and keeps its 1/W slice of it (rows sorted as above, then cut in W equal
 parts), so W processes together see exactly the batch of one process. Iterables are replayed by
-skipping the batches already consumed; a one-shot iterator cannot be replayed, so batches read ahead with ``batch(step, keep=True)`` (the
-normalisation sample) are kept and handed out again when training reaches their step.
+skipping the batches already consumed; a one-shot iterator cannot be replayed, so batches read
+ahead with ``batch(step, keep=True)`` (the normalisation sample) are kept and handed out again
+when training reaches their step.
 """
 
 from __future__ import annotations

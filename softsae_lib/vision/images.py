@@ -6,7 +6,6 @@ stable integer image ids, so the capture code and the notebooks never depend on 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from softsae_lib.atomic import atomic_path, atomic_write_text
+from softsae_lib.atomic import atomic_path, atomic_write_text, cache_root, sha256_file
 
 CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
                                     "dog", "frog", "horse", "ship", "truck")
@@ -71,19 +70,6 @@ def shared_data_dir() -> Path:
 
 def default_cifar10_tar() -> Path:
     return shared_data_dir() / "images" / "cifar10-jpeg.tar.gz"
-
-
-def cache_root() -> Path:
-    """``$SOFTSAE_CACHE`` or ``~/.cache/softsae``: decoded data and checkpoints, never in the repo."""
-    return Path(os.environ.get("SOFTSAE_CACHE", Path.home() / ".cache" / "softsae"))
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
