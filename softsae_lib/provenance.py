@@ -11,12 +11,14 @@ _PACKAGES = ("softsae_lib", "torch", "numpy", "scipy", "pandas", "safetensors", 
 
 
 def git_sha(path: str | Path | None = None) -> str | None:
-    """Commit of the repository containing ``path`` (default: this package), '+dirty' if modified."""
+    """Commit of the repository containing ``path`` (default: this package), '+dirty' if a tracked
+    file outside ``results/`` is modified (regenerating results must not mark the code dirty)."""
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)results"], cwd=where,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

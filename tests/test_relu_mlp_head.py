@@ -69,3 +69,25 @@ def test_weight_gradient_keeps_a_transposed_layout():
     _reference(*ref_ins).backward(g)
     torch.testing.assert_close(W1_t.grad, ref_ins[2].grad)
     assert W1_t.grad.stride() == W1_t.stride()
+
+
+def test_bf16_autocast_matches_the_unfused_graph_under_autocast():
+    """The GPU path: hidden layer in bf16 under autocast, output and every gradient in float32, and
+    the same values as autograd's graph with the same precisions (up to bf16 rounding)."""
+    ins = _inputs(torch.float32, B=64, d=16, F=48, seed=3)
+    ref_ins = [t.detach().clone().requires_grad_() for t in ins]
+    x, b, W1, b1, w2, b2 = ref_ins
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = relu_mlp_head(*ins)
+        h = torch.relu(torch.addmm(b1, x - b, W1))
+        assert h.dtype == torch.bfloat16
+        with torch.autocast("cpu", enabled=False):
+            ref = h.float() @ w2 + b2
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)  # same bf16 hidden layer
+    g = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    out.backward(g)
+    ref.backward(g)
+    for name, a, r in zip(("x", "b", "W1", "b1", "w2", "b2"), ins, ref_ins, strict=True):
+        assert a.grad.dtype == torch.float32
+        assert (a.grad - r.grad).norm() / r.grad.norm() < 0.02, name

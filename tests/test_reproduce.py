@@ -225,3 +225,26 @@ def test_architectures_notebook_metrics(smoke_results):
 def matched_k(m: dict) -> int:
     soft = next(r for r in m["synthetic"]["models"] if r["model"] == "soft")
     return max(1, round(soft["l0_mean"]))
+
+
+def test_git_sha_is_dirty_for_code_changes_only(tmp_path):
+    """Regenerated results/ do not mark a run '+dirty'; an edited source file does."""
+    import subprocess
+
+    from softsae_lib.provenance import git_sha
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "m.json").write_text("1")
+    (tmp_path / "code.py").write_text("a = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_sha(tmp_path)
+    assert clean is not None and len(clean) == 40
+    (tmp_path / "results" / "m.json").write_text("2")
+    assert git_sha(tmp_path) == clean
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert git_sha(tmp_path) == clean + "+dirty"
