@@ -105,7 +105,7 @@ class SoftSAE(SAE):
             with torch.no_grad():  # frozen estimator: its grads stay None and Adam skips it
                 k_hat = self.predict_k_normalized(x_n)
             z = per_row_topk(r, k_hat)
-            active = z > 0
+            active, fired, n_fired = z > 0, None, None
             k_loss = r.new_zeros(())
         else:
             k_hat = self.predict_k_normalized(x_n)
@@ -118,6 +118,7 @@ class SoftSAE(SAE):
                 chosen = (rank < k_hat.detach().floor().unsqueeze(1)) & (r.gather(1, gate.top) > 0)
                 fired = torch.zeros(self.dict_size, dtype=torch.bool, device=r.device)
                 fired[gate.top[chosen]] = True
+                active, n_fired = None, chosen.sum()
             # the batch mean spans all ranks under data-parallel training (exact multi-GPU gradient)
             k_loss = F_.softplus(global_mean(k_hat) - ctx.k, beta=cfg.k_loss_beta)
         recon = self.decode_normalized(z)
@@ -125,7 +126,5 @@ class SoftSAE(SAE):
         loss = l2 + cfg.k_loss_weight * k_loss
         terms = {"l2": l2.item(), "k_loss": k_loss.item(), "k_hat_mean": k_hat.mean().item(),
                  "k_hat_std": k_hat.std().item() if k_hat.numel() > 1 else 0.0}
-        if ctx.hard:
-            return LossOutput(loss, recon, r, active, terms)
-        return LossOutput(loss, recon, r, None, terms, fired=fired, n_fired=chosen.sum())
+        return LossOutput(loss, recon, r, active, terms, fired=fired, n_fired=n_fired)
 
