@@ -103,7 +103,7 @@ im = axes[1].imshow(confusion, cmap="Blues")
 axes[1].set_xticks(range(10), test.class_names, rotation=60, fontsize=7)
 axes[1].set_yticks(range(10), test.class_names, fontsize=7)
 axes[1].set(xlabel="predicted", ylabel="true", title=f"confusion, accuracy {accuracy:.3f}")
-fig.colorbar(im, ax=axes[1])
+fig.colorbar(im, ax=axes[1], label="test images")
 fig.suptitle(f"encoder: {ENC}", fontsize=9)
 if out:
     save_figure(fig, out / "vit_training.png")

@@ -98,7 +98,7 @@ assoc[["kappa", "target", "n", "spearman", "spearman_ci_low", "spearman_ci_high"
 # unit whose samples share structure; with a handful of manifolds per dimension they are wide.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.3), layout="constrained")
 by_group(axes[0], frame["true_dim"], frame["soft_k_hat"], "true intrinsic dimension", "SoftSAE k̂",
          "k̂ per true dimension")
 by_group(axes[1], frame["true_dim"], frame["batch_topk_l0"], "true intrinsic dimension", "BatchTopK L0",

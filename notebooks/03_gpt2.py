@@ -21,7 +21,7 @@
 # L0 over a grid of target k, and ask:
 #
 # 1. **Fidelity**: FVU and CE-loss recovered (the SAE's reconstruction spliced into the forward
-#    pass, zero-ablation baseline; `../shared/docs/sae-variants.md` §12) against L0.
+#    pass, zero-ablation baseline; as in Gao et al. 2024, *Scaling and evaluating sparse autoencoders*, arXiv 2406.04093) against L0.
 # 2. **Where does SoftSAE spend its budget?** The distribution of k̂ over tokens, text shaded by
 #    k̂, the tokens with the lowest and highest k̂.
 # 3. **Does k̂ follow the local intrinsic dimension (LID)** of the activations once activation
@@ -67,7 +67,7 @@ from softsae_lib.experiments.matched import (
     train_matched_grid,
 )
 from softsae_lib.lid import local_id
-from softsae_lib.plots import save_figure, scatter_with_trend
+from softsae_lib.plots import frontier_lines, save_figure, scatter_with_trend
 from softsae_lib.provenance import save_metrics
 from softsae_lib.reproduce import notebook_setup
 
@@ -175,15 +175,13 @@ table[["k_target", "model", "k", "l0_mean", "l0_std", "k_hat_mean", "fvu", "cosi
        "ce_loss_recovered", "delta_lm_loss", "kl_score", "train_seconds"]]
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-for arch, rows in table.groupby("model"):
-    rows = rows.sort_values("l0_mean")
-    axes[0].plot(rows["l0_mean"], rows["fvu"], "o-", label=arch)
-    axes[1].plot(rows["l0_mean"], rows["ce_loss_recovered"], "o-", label=arch)
-axes[0].set(xlabel="mean L0 (held-out)", ylabel="FVU", title="L0 vs FVU")
-axes[1].set(xlabel="mean L0 (held-out)", ylabel="CE-loss recovered", title="L0 vs CE-loss recovered")
-for ax in axes:
-    ax.legend(fontsize=8)
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), layout="constrained")
+frontier_lines(axes[0], table, "l0_mean", "fvu", title="L0 vs FVU (each point: its target k)",
+               annotate="k_target")
+frontier_lines(axes[1], table, "l0_mean", "ce_loss_recovered", title="L0 vs CE-loss recovered",
+               annotate="k_target")
+axes[0].set(xlabel="mean L0 (held-out)", ylabel="FVU")
+axes[1].set(xlabel="mean L0 (held-out)", ylabel="CE-loss recovered")
 fig.suptitle(MODEL, fontsize=10)
 if out:
     save_figure(fig, out / "frontiers.png")

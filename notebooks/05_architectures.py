@@ -63,7 +63,7 @@ import torch
 from softsae_lib.data.synthetic import manifold_mixture
 from softsae_lib.experiments.architectures import compare_architectures, frontier
 from softsae_lib.lid import local_id
-from softsae_lib.plots import by_group, save_figure, scatter_with_trend
+from softsae_lib.plots import by_group, frontier_lines, model_name, save_figure, scatter_with_trend
 from softsae_lib.provenance import save_metrics
 from softsae_lib.reproduce import notebook_setup
 
@@ -127,22 +127,18 @@ synth_frontier
 
 # %%
 def plot_frontier(ax, fr, title):
-    for arch, rows in fr.groupby("model", sort=False):
-        rows = rows.sort_values("l0_mean")
-        ax.plot(rows["l0_mean"], rows["fvu"], "o-", label=arch, ms=4)
-    ax.set(xlabel="mean L0 (held-out, inference)", ylabel="FVU", yscale="log")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    frontier_lines(ax, fr, "l0_mean", "fvu", title=title, log_y=True, legend=False)
+    ax.set(xlabel="mean L0 (held-out, inference)", ylabel="FVU (log scale)")
 
 
 # %% [markdown]
 # ### L0 distributions and per-sample sparsity against LID
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(14, 4))
+fig, axes = plt.subplots(1, 2, figsize=(14, 4.4), layout="constrained")
 cols = [f"{a}_sparsity" for a in ARCHS]
 axes[0].violinplot([synth.frame[c] for c in cols], showmedians=True)
-axes[0].set_xticks(range(1, len(cols) + 1), ARCHS, rotation=30, fontsize=8)
+axes[0].set_xticks(range(1, len(cols) + 1), [model_name(a) for a in ARCHS], rotation=30, fontsize=8)
 axes[0].set(ylabel="per-sample sparsity (L0 / support)", title="Distribution over held-out samples")
 t = synth.table.set_index("model")
 axes[1].errorbar(range(len(ARCHS)), t.loc[list(ARCHS), "spearman_lid"],
@@ -150,7 +146,7 @@ axes[1].errorbar(range(len(ARCHS)), t.loc[list(ARCHS), "spearman_lid"],
                        t.loc[list(ARCHS), "spearman_ci_high_lid"] - t.loc[list(ARCHS), "spearman_lid"]],
                  fmt="o", capsize=3)
 axes[1].axhline(0, color="k", lw=0.5)
-axes[1].set_xticks(range(len(ARCHS)), ARCHS, rotation=30, fontsize=8)
+axes[1].set_xticks(range(len(ARCHS)), [model_name(a) for a in ARCHS], rotation=30, fontsize=8)
 axes[1].set(ylabel="Spearman(sparsity, LID)", title="Per-sample sparsity vs LID (manifold-bootstrap 95% CI)")
 fig.suptitle(f"Synthetic manifold mixture, profile {profile}")
 if out:
@@ -162,10 +158,9 @@ adaptive = [a for a in ARCHS if synth.frame[f"{a}_sparsity"].nunique() > 1]
 fig, axes = plt.subplots(2, len(adaptive), figsize=(3.2 * len(adaptive), 6.5), squeeze=False)
 for j, arch in enumerate(adaptive):
     by_group(axes[0, j], synth.frame["true_dim"], synth.frame[f"{arch}_sparsity"], "true dimension",
-             "sparsity", arch)
+             "sparsity", model_name(arch))
     scatter_with_trend(axes[1, j], synth.frame["lid_mle"], synth.frame[f"{arch}_sparsity"],
-                       f"LID (MLE, K={P['lid_k']})", "sparsity", arch)
-fig.tight_layout()
+                       f"LID (MLE, K={P['lid_k']})", "sparsity", model_name(arch))
 if out:
     save_figure(fig, out / "sparsity_vs_dimension.png")
 plt.show()
@@ -236,11 +231,12 @@ table[["arm", "model", "budget_k", "fvu", "dead_fraction", "l0_mean", "l0_std", 
        "spearman_lid", "spearman_ci_low_lid", "spearman_ci_high_lid", "note"]]
 
 # %%
-fig, axes = plt.subplots(1, len(arms), figsize=(6.5 * len(arms), 4.2), squeeze=False)
+fig, axes = plt.subplots(1, len(arms), figsize=(6.5 * len(arms), 4.6), squeeze=False, layout="constrained")
 for ax, (name, (_, fr)) in zip(axes[0], arms.items(), strict=True):
     plot_frontier(ax, fr, name)
+handles, labels = axes[0][0].get_legend_handles_labels()
+fig.legend(handles, labels, loc="outside right center", fontsize=8)
 fig.suptitle(f"L0 vs FVU at matched budgets, profile {profile}", fontsize=10)
-fig.tight_layout()
 if out:
     save_figure(fig, out / "frontier.png")
 plt.show()

@@ -37,6 +37,7 @@ from softsae_lib.saes import (
     TopKConfig,
     TopKSAE,
     make_sae,
+    register_sae,
 )
 from softsae_lib.training import TrainConfig, TrainingError, TrainResult, train_sae
 
@@ -44,7 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "soft_topk", "topk_mask", "per_row_topk", "batch_topk",
-    "SAE", "SAEConfig", "ARCHITECTURES", "make_sae",
+    "SAE", "SAEConfig", "ARCHITECTURES", "make_sae", "register_sae",
     "SoftSAE", "SoftSAEConfig", "TopKSAE", "TopKConfig", "BatchTopKSAE", "BatchTopKConfig",
     "JumpReLUSAE", "JumpReLUConfig", "ReLUSAE", "ReLUConfig",
     "TrainConfig", "train_sae", "TrainResult", "TrainingError",

@@ -1,8 +1,11 @@
-"""Command line.
+"""Command line of softsae_lib: reproduce the study's notebooks, or train one SAE.
 
-* ``python -m softsae_lib reproduce --profile local [--only NAME ...] [--out results]``: the notebooks.
-* ``python -m softsae_lib train --data acts.npy --dict-size F ... --out DIR``: one SAE; runs
-  data-parallel under ``torchrun --nproc_per_node N -m softsae_lib train ...``.
+  python -m softsae_lib reproduce --profile local      run every notebook (Papermill)
+  python -m softsae_lib train --data acts.npy ...      train one SAE (torchrun for data-parallel)
+
+Profiles: smoke = seconds per notebook (a code-path check, for tests); local = the real study on a
+2-core CPU (the default, about half an hour); paper = the published scale, for a GPU and the Hugging
+Face hub. User errors print one line and exit with status 2; --debug shows the traceback.
 """
 
 from __future__ import annotations
@@ -12,24 +15,50 @@ import sys
 
 from softsae_lib.profiles import PROFILES
 
+# Errors a user can fix (bad input, missing file, unusable folder); anything else is a bug and keeps
+# its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, KeyError)
 
-def main(argv: list[str] | None = None) -> int:
+
+def build_parser() -> argparse.ArgumentParser:
     from softsae_lib import reproduce
-
-    ap = argparse.ArgumentParser(prog="python -m softsae_lib", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("reproduce", help="execute the notebooks with Papermill under one profile")
-    rep.add_argument("--profile", choices=PROFILES, default="local")
-    rep.add_argument("--only", nargs="+", metavar="NAME", choices=reproduce.NOTEBOOKS,
-                     help=f"run only these notebooks (of {', '.join(reproduce.NOTEBOOKS)})")
-    rep.add_argument("--out", default="results", help="results root (default: results)")
+    from softsae_lib.cli_fields import HelpFormatter
     from softsae_lib.training import cli
 
+    ap = argparse.ArgumentParser(prog="python -m softsae_lib", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{reproduce,train}")
+    rep = sub.add_parser("reproduce", help="execute the notebooks with Papermill under one profile",
+                         description="Execute the notebooks with Papermill under one profile; outputs go to "
+                                     "OUT/PROFILE/NOTEBOOK/ and OUT/PROFILE/manifest.json.",
+                         formatter_class=HelpFormatter)
+    rep.add_argument("--profile", choices=PROFILES, default="local",
+                     help="smoke: seconds, a code-path check; local: the study on a 2-core CPU; "
+                          "paper: the published scale (GPU, Hugging Face hub)")
+    rep.add_argument("--only", nargs="+", metavar="NAME", choices=reproduce.NOTEBOOKS,
+                     help=f"run only these notebooks (of {', '.join(reproduce.NOTEBOOKS)})")
+    rep.add_argument("--out", default="results", help="results root")
     cli.add_arguments(sub.add_parser("train", help="train one SAE (torchrun for data-parallel)"))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
-    if args.command == "train":
-        return cli.run(args)
-    return reproduce.main(args.profile, args.only, args.out)
+    try:
+        if args.command == "train":
+            from softsae_lib.training import cli
+
+            return cli.run(args)
+        from softsae_lib import reproduce
+
+        return reproduce.main(args.profile, args.only, args.out)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"{ap.prog} {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

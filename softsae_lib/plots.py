@@ -53,3 +53,52 @@ def scatter_with_trend(ax: plt.Axes, x: np.ndarray, y: np.ndarray, xlabel: str, 
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(loc="best", fontsize=8)
     return ax
+
+
+# How figures name the architectures (the code names are registry keys, not what a reader knows).
+MODEL_NAMES: dict[str, str] = {
+    "soft": "SoftSAE", "topk": "TopK", "batch_topk": "BatchTopK", "matryoshka": "Matryoshka BatchTopK",
+    "feature_choice": "Feature Choice", "mutual_choice": "Mutual Choice", "jumprelu": "JumpReLU",
+    "relu": "ReLU (L1)", "sparsemax_attention": "Sparsemax attention", "tree": "Tree SAE",
+}
+
+
+def model_name(arch: str) -> str:
+    """Display name of an architecture code name (unknown names are returned unchanged)."""
+    return MODEL_NAMES.get(arch, arch)
+
+
+def frontier_lines(ax: plt.Axes, frame, x: str, y: str, title: str = "", annotate: str | None = None,
+                   annotate_as: str = "k", log_y: bool = False, legend: bool = True) -> plt.Axes:
+    """One line per model through its budgets (a marker alone where it has one), optionally each point
+    labelled ``<annotate_as>=<value of column annotate>`` (e.g. its target k); readable decimal ticks
+    on a log y axis.
+
+    ``frame``: a DataFrame with a ``model`` column (code names) and the columns ``x``, ``y``.
+    """
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    for arch, rows in frame.groupby("model", sort=False):
+        rows = rows.sort_values(x)
+        line, = ax.plot(rows[x], rows[y], "o-" if len(rows) > 1 else "o", ms=4, label=model_name(arch))
+        if annotate is not None:
+            for r in rows.itertuples():
+                ax.annotate(f"{annotate_as}={getattr(r, annotate)}", (getattr(r, x), getattr(r, y)),
+                            textcoords="offset points", xytext=(4, 4), fontsize=6, color=line.get_color())
+    if log_y:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_title(wrap_title(title, ax), fontsize=9)
+    if legend:
+        ax.legend(fontsize=7)
+    return ax
+
+
+def wrap_title(title: str, ax: plt.Axes, chars_per_inch: float = 14.0) -> str:
+    """``title`` wrapped to the width of ``ax`` (so long model names do not run past the panel)."""
+    import textwrap
+
+    width = ax.get_position().width * ax.figure.get_figwidth()
+    return "\n".join(textwrap.wrap(title, max(20, int(width * chars_per_inch)))) if title else title

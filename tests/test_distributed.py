@@ -132,4 +132,4 @@ def test_train_cli_reads_an_activation_cache_like_the_array(tmp_path):
     a, b = load_sae(tmp_path / "a" / "model"), load_sae(tmp_path / "b" / "model")
     assert_same_state(a.state_dict(), b.state_dict(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="expected a .npy file"):
-        main([*common, "--data", str(tmp_path / "a" / "train.json"), "--out", str(tmp_path / "c")])
+        main(["--debug", *common, "--data", str(tmp_path / "a" / "train.json"), "--out", str(tmp_path / "c")])

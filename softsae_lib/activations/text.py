@@ -13,13 +13,14 @@ positions are flagged invalid and never captured); tails shorter than ``min_toke
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from softsae_lib.resources import WIKITEXT_FILES, gutenberg_files, read_data_bytes
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,6 @@ class Window:
     """Offset of the window's first text token within its document's token sequence."""
 
 
-def shared_data_dir() -> Path:
-    """``$SOFTSAE_SHARED`` or ``<repo>/../shared/data`` (the layout CI uses)."""
-    env = os.environ.get("SOFTSAE_SHARED")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
 _WIKI_HEADING = re.compile(r"^ = [^=].* = $")
 
 
@@ -58,13 +53,7 @@ def wikitext_documents(path: str | Path) -> list[tuple[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: WikiText file not found")
-    docs: list[tuple[str, list[str]]] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if _WIKI_HEADING.match(line):
-            docs.append((line.strip(" =").strip(), [line.strip()]))
-        elif docs and line.strip():
-            docs[-1][1].append(line.strip())
-    return [(title, "\n".join(lines)) for title, lines in docs]
+    return _wikitext_articles(path.read_text(encoding="utf-8"))
 
 
 def passages(text: str, words: int) -> list[str]:
@@ -84,11 +73,46 @@ def passages(text: str, words: int) -> list[str]:
     return out
 
 
-def _read_txt(path: Path) -> str:
+def _decode_text(data: bytes) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        return path.read_text(encoding="latin-1")  # Gutenberg files are Latin-1 safe
+        return data.decode("latin-1")  # Gutenberg files are Latin-1 safe
+
+
+def _read_txt(path: Path) -> str:
+    return _decode_text(path.read_bytes())
+
+
+def _wikitext_articles(text: str) -> list[tuple[str, str]]:
+    """(title, text) of each article of a WikiText text (tokenised release, `` = Title = `` headings)."""
+    docs: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if _WIKI_HEADING.match(line):
+            docs.append((line.strip(" =").strip(), [line.strip()]))
+        elif docs and line.strip():
+            docs[-1][1].append(line.strip())
+    return [(title, "\n".join(lines)) for title, lines in docs]
+
+
+def offline_wikitext() -> list[tuple[str, str]]:
+    """(source, text) of every WikiText-2 valid then test article, from the project's data folder."""
+    out = []
+    for rel in WIKITEXT_FILES:
+        name = Path(rel).name.removesuffix(".xz")
+        text = read_data_bytes(rel).decode("utf-8")
+        out += [(f"wikitext-2/{name}#{title}", t) for title, t in _wikitext_articles(text)]
+    return out
+
+
+def offline_gutenberg(passage_words: int) -> list[tuple[str, str]]:
+    """(source, passage) of the 18 Gutenberg books of the project's data folder, in file-name order."""
+    out = []
+    for rel in gutenberg_files():
+        name = Path(rel).name.removesuffix(".xz")
+        parts = passages(_decode_text(read_data_bytes(rel)), passage_words)
+        out += [(f"gutenberg/{name}#{i}", p) for i, p in enumerate(parts)]
+    return out
 
 
 def folder_documents(folder: str | Path, passage_words: int | None = None,
@@ -147,21 +171,16 @@ def load_documents(source: str = "offline", passage_words: int = 2000,
     """Documents from a named source.
 
     ``source``: ``"offline"`` (WikiText-2 valid+test articles, then Gutenberg passages, from the
-    shared data folder), ``"wikitext-2"``, ``"gutenberg"``, ``"hf:NAME[:CONFIG[:SPLIT]]"`` (e.g.
+    project's ``data/`` folder, see :mod:`softsae_lib.resources`), ``"wikitext-2"``, ``"gutenberg"``,
+    ``"hf:NAME[:CONFIG[:SPLIT]]"`` (e.g.
     ``"hf:Salesforce/wikitext:wikitext-103-raw-v1:train"``, online), or a folder of .txt files.
     Empty documents are skipped; ids are consecutive in the order listed.
     """
-    shared = shared_data_dir() / "text"
     raw: list[tuple[str, str]] = []
     if source in ("offline", "wikitext-2"):
-        for split in ("valid", "test"):
-            path = shared / "wikitext-2" / f"{split}.txt"
-            raw += [(f"wikitext-2/{split}.txt#{title}", t) for title, t in wikitext_documents(path)]
+        raw += offline_wikitext()
     if source in ("offline", "gutenberg"):
-        folder = shared / "gutenberg"
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: Gutenberg texts not found (set SOFTSAE_SHARED)")
-        raw += folder_documents(folder, passage_words, label="gutenberg")
+        raw += offline_gutenberg(passage_words)
     if source.startswith("hf:"):
         parts = source[3:].split(":")
         raw = hf_documents(parts[0], parts[1] if len(parts) > 1 else None,

@@ -19,10 +19,9 @@ import numpy as np
 import torch
 
 from softsae_lib.activations.cache import ActivationCache, CacheWriter, is_complete
+from softsae_lib.resources import models_dir
 from softsae_lib.vision.images import ImageSet
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MODELS_DIR = REPO_ROOT / "data" / "models"
 OFFLINE_DEFAULT = "cifar10-vit"  # the project's own ViT in data/models/
 ONLINE_DEFAULT = "google/vit-base-patch16-224"  # ViT-B/16 from the hub
 CLIP_B16 = "openai/clip-vit-base-patch16"  # the paper's encoder family (CLIP ViT-B/16)
@@ -69,8 +68,9 @@ def resolve_encoder_path(name_or_path: str | Path) -> str:
     p = Path(name_or_path)
     if p.is_dir():
         return str(p)
-    if (MODELS_DIR / str(name_or_path)).is_dir():
-        return str(MODELS_DIR / str(name_or_path))
+    local = models_dir() / str(name_or_path)
+    if local.is_dir():
+        return str(local)
     if p.is_absolute() or str(name_or_path).startswith("."):
         raise FileNotFoundError(f"{p}: encoder folder not found")
     return str(name_or_path)
@@ -101,7 +101,7 @@ def load_vision_encoder(name_or_path: str | Path = ONLINE_DEFAULT, device: str =
             warnings.warn(f"{name_or_path}: cannot be loaded from the hub ({str(err).splitlines()[0]}); "
                           f"using the offline encoder {fallback!r} instead", stacklevel=2)
             return load_vision_encoder(fallback, device, fallback=None)
-        raise FileNotFoundError(f"{name_or_path}: no local encoder in {MODELS_DIR} and the hub cannot be "
+        raise FileNotFoundError(f"{name_or_path}: no local encoder in {models_dir()} and the hub cannot be "
                                 f"reached or has no such model ({err})") from err
     if config.model_type == "vit":
         if "ViTForImageClassification" in (config.architectures or []):

@@ -67,12 +67,12 @@ def image_grid(images: np.ndarray, captions: list[str], title: str, cols: int = 
     """A grid of ``images: (n, H, W, 3)`` uint8 with one caption each."""
     n = len(images)
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows + 0.5), squeeze=False,
+                             layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
     for ax, img, cap in zip(axes.ravel(), images, captions, strict=False):
         ax.imshow(img, interpolation="nearest")
         ax.set_title(cap, fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig

@@ -38,8 +38,8 @@ and preprocess with the folder's `ViTImageProcessor` (32x32, CIFAR-10 mean/std).
 
 ## Data
 CIFAR-10 (Krizhevsky 2009) train split, {record['train_images']} images, read from the JPEG re-encodings in
-`../shared/data/images/cifar10-jpeg.tar.gz` (lossy JPEG, so slightly different from the original PNG/pickle
-release). Research use only, as CIFAR-10 itself.
+the project's `data/images/cifar10-jpeg.tar.gz` (lossy JPEG, so slightly different from the original
+PNG/pickle release). Research use only, as CIFAR-10 itself.
 
 ## Architecture
 Patch {cfg['patch']} on 32x32 inputs ({(32 // cfg['patch']) ** 2} patches + CLS), width {cfg['width']},

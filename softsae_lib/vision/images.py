@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from softsae_lib.atomic import atomic_path, atomic_write_text, cache_root, sha256_file
+from softsae_lib.resources import CIFAR10_TAR, data_file
 
 CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
                                     "dog", "frog", "horse", "ship", "truck")
@@ -60,16 +60,9 @@ class ImageSet:
         return self.subset(np.sort(np.concatenate(keep)))
 
 
-def shared_data_dir() -> Path:
-    """``$SOFTSAE_SHARED`` or ``<repo>/../shared/data`` (the layout CI uses)."""
-    env = os.environ.get("SOFTSAE_SHARED")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
 def default_cifar10_tar() -> Path:
-    return shared_data_dir() / "images" / "cifar10-jpeg.tar.gz"
+    """The CIFAR-10 JPEG tarball of the project's data folder, verified against its SHA-256."""
+    return data_file(CIFAR10_TAR)
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
@@ -134,8 +127,7 @@ def load_cifar10(split: str = "train", tar_path: str | Path | None = None,
     """
     tar_path = Path(tar_path) if tar_path is not None else default_cifar10_tar()
     if not tar_path.is_file():
-        raise FileNotFoundError(f"{tar_path}: CIFAR-10 tarball not found (set SOFTSAE_SHARED or pass "
-                                f"tar_path)")
+        raise FileNotFoundError(f"{tar_path}: CIFAR-10 tarball not found")
     digest = sha256_file(tar_path)
     folder = Path(cache_dir) if cache_dir is not None else cache_root() / "cifar10" / digest[:16]
     done = folder / "done.json"
