@@ -35,7 +35,7 @@ out_dir = None  # folder for metrics and figures; None writes nothing
 # %%
 import json
 import tempfile
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -50,22 +50,22 @@ from softsae_lib.vision.images import cache_root, load_cifar10
 from softsae_lib.vision.train_vit import ViTTrainConfig, train_vit
 
 P, out = notebook_setup("00_train_vit_cifar10", profile, out_dir)
-torch.set_num_threads(P["threads"])
+torch.set_num_threads(P.threads)
 P
 
 # %% [markdown]
 # ## 1. Train (smoke, paper) or take the shipped weights (local)
 
 # %%
-if P["mode"] == "train":
+if P.mode == "train":
     names = {f.name for f in fields(ViTTrainConfig)}
-    cfg = ViTTrainConfig(**{k: v for k, v in P.items() if k in names})
+    cfg = ViTTrainConfig(**{k: v for k, v in asdict(P).items() if k in names and v is not None})
     work = Path(out) if out else Path(tempfile.mkdtemp())
     ckpt = work / "checkpoints" if profile == "smoke" else cache_root() / f"vit_train_{profile}"
     train_vit(cfg, work / "model", ckpt)
     model_dir = work / "model"
 else:
-    model_dir = Path(resolve_encoder_path(P["model"]))
+    model_dir = Path(resolve_encoder_path(P.model))
 record = json.loads((model_dir / "training.json").read_text())  # written with every export
 encoder = load_vision_encoder(model_dir)
 ENC = describe(encoder)

@@ -45,9 +45,9 @@ from softsae_lib.provenance import save_metrics
 from softsae_lib.reproduce import notebook_setup
 
 P, out = notebook_setup("01_soft_topk", profile, out_dir)
-gen = torch.Generator().manual_seed(P["seed"])
-x = torch.randn(P["n"], generator=gen, dtype=torch.float64).sort(descending=True).values
-k = P["k"]
+gen = torch.Generator().manual_seed(P.seed)
+x = torch.randn(P.n, generator=gen, dtype=torch.float64).sort(descending=True).values
+k = P.k
 P
 
 # %% [markdown]
@@ -58,7 +58,7 @@ P
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.5))
 sums = {}
-for a in P["alphas"]:
+for a in P.alphas:
     p = soft_topk(x, k, a)
     sums[a] = float(p.sum())
     ax.plot(p.numpy(), "o-", ms=3, label=f"α = {a:g}  (Σp = {sums[a]:.6f})")
@@ -104,7 +104,7 @@ plt.show()
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.2))
 boundary_share = {}
-for a in P["alphas"]:
+for a in P.alphas:
     kk = torch.tensor([[k]], dtype=torch.float64)
     dp_dk = torch.autograd.functional.jacobian(lambda kv, a=a: soft_topk(x.unsqueeze(0), kv, a)[0], kk)
     dp_dk = dp_dk.reshape(-1)

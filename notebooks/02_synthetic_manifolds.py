@@ -52,10 +52,10 @@ P
 # ## 1. The manifold mixture
 
 # %%
-dims = tuple(d for d in P["intrinsic_dims"] for _ in range(P["manifolds_per_dim"]))
-data = manifold_mixture(P["n_train"] + P["n_test"], P["ambient_dim"], intrinsic_dims=dims,
-                        curvature=P["curvature"], noise=P["noise"], seed=P["seed"])
-n_tr = P["n_train"]
+dims = tuple(d for d in P.intrinsic_dims for _ in range(P.manifolds_per_dim))
+data = manifold_mixture(P.n_train + P.n_test, P.ambient_dim, intrinsic_dims=dims,
+                        curvature=P.curvature, noise=P.noise, seed=P.seed)
+n_tr = P.n_train
 x_train, x_test = data.x[:n_tr], data.x[n_tr:]
 true_dim = data.intrinsic_dim[n_tr:].numpy()
 manifold = data.manifold_id[n_tr:].numpy()
@@ -80,13 +80,13 @@ table
 # neighbours); the SAE's normalisation is a single scale factor, which leaves LID unchanged.
 
 # %%
-lid = local_id(x_test, P["lid_k"], estimators=("mle", "twonn"))
+lid = local_id(x_test, P.lid_k, estimators=("mle", "twonn"))
 frame = per_sample_frame(models, true_dim=true_dim, manifold=manifold,
                          lid_mle=lid["mle"].numpy(), lid_twonn=lid["twonn"].numpy(),
                          norm=x_test.norm(dim=1).numpy())
 kappas = ["soft_k_hat", "soft_l0", "topk_l0", "batch_topk_l0"]
 assoc = association_table(frame, kappas, ["true_dim", "lid_mle"], clusters="manifold",
-                          n_boot=P["n_boot"], seed=P["seed"])
+                          n_boot=P.n_boot, seed=P.seed)
 assoc[["kappa", "target", "n", "spearman", "spearman_ci_low", "spearman_ci_high", "pearson", "kendall",
        "share_at_min", "share_at_max", "note"]]
 
@@ -103,7 +103,7 @@ by_group(axes[0], frame["true_dim"], frame["soft_k_hat"], "true intrinsic dimens
          "k̂ per true dimension")
 by_group(axes[1], frame["true_dim"], frame["batch_topk_l0"], "true intrinsic dimension", "BatchTopK L0",
          "BatchTopK L0 (matched mean)")
-scatter_with_trend(axes[2], frame["lid_mle"], frame["soft_k_hat"], f"estimated LID (MLE, K={P['lid_k']})",
+scatter_with_trend(axes[2], frame["lid_mle"], frame["soft_k_hat"], f"estimated LID (MLE, K={P.lid_k})",
                    "SoftSAE k̂", "k̂ vs estimated LID")
 fig.suptitle(f"Synthetic manifold mixture, profile {profile}")
 if out:
@@ -115,7 +115,7 @@ fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.hist(frame["soft_k_hat"], bins=50, alpha=0.7, label="SoftSAE k̂ (continuous)")
 ax.hist(frame["soft_l0"], bins=np.arange(frame["soft_l0"].max() + 2) - 0.5, alpha=0.5,
         label="SoftSAE L0 = ⌊k̂⌋ (hard)")
-ax.axvline(P["k"], color="k", ls=":", label=f"target k = {P['k']}")
+ax.axvline(P.k, color="k", ls=":", label=f"target k = {P.k}")
 ax.set(xlabel="active latents", ylabel="samples", title="Distribution of the per-sample budget")
 ax.legend(fontsize=8)
 if out:
@@ -126,10 +126,10 @@ plt.show()
 # ## 4. Sparse superposition: k̂ against the true number of active features
 
 # %%
-sup = sparse_superposition(P["sup_n_train"] + P["sup_n_test"], P["sup_d"], P["sup_features"],
-                           max_active=P["sup_max_active"], seed=P["seed"])
-ns = P["sup_n_train"]
-sup_params = dict(P, dict_size=P["sup_dict_size"], k=P["sup_k"])
+sup = sparse_superposition(P.sup_n_train + P.sup_n_test, P.sup_d, P.sup_features,
+                           max_active=P.sup_max_active, seed=P.seed)
+ns = P.sup_n_train
+sup_params = P.replace(dict_size=P.sup_dict_size, k=P.sup_k)
 sup_models = train_matched(sup.x[:ns], sup.x[ns:], sup_params)
 sup_table = summary_table(sup_models)
 sup_frame = per_sample_frame(sup_models, true_active=sup.n_active[ns:].numpy())

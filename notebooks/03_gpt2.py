@@ -37,7 +37,7 @@
 # %% tags=["parameters"]
 profile = "smoke"  # smoke | local | paper (see softsae_lib/profiles.py)
 out_dir = None  # folder for metrics and figures; None writes nothing
-overrides = {}  # profile entries to replace, e.g. {"model": "gpt2", "layer": 8, "train_tokens": 10**6,
+overrides = {}  # settings to replace, e.g. {"model": "gpt2", "layer": 8, "train_tokens": 10**6,
 #                 "dict_size": 8192, "k_grid": (16, 32, 64), "seed": 1}
 
 # %%
@@ -72,14 +72,11 @@ from softsae_lib.provenance import save_metrics
 from softsae_lib.reproduce import notebook_setup
 
 P, out = notebook_setup("03_gpt2", profile, out_dir)
-unknown = set(overrides) - set(P)
-if unknown:
-    raise ValueError(f"unknown override(s) {sorted(unknown)}; known parameters: {sorted(P)}")
-P.update(overrides)
-torch.manual_seed(P["seed"])
-device = P["device"] or "cpu"
-if P["threads"]:  # tiny smoke tensors: extra threads only add synchronisation on shared cores
-    torch.set_num_threads(P["threads"])
+P = P.replace(**overrides)  # an unknown name is an error that lists the known ones
+torch.manual_seed(P.seed)
+device = P.device or "cpu"
+if P.threads:  # tiny smoke tensors: extra threads only add synchronisation on shared cores
+    torch.set_num_threads(P.threads)
 timings = {}
 t_all, cpu_all = time.perf_counter(), time.process_time()
 P
@@ -89,8 +86,8 @@ P
 
 # %%
 t0 = time.perf_counter()
-lm = load_lm(P["model"], seed=P["seed"], random_config=P["random_config"], device=device)
-layer = P["layer"]
+lm = load_lm(P.model, seed=P.seed, random_config=P.random_config, device=device)
+layer = P.layer
 MODEL = f"{lm.label}, residual stream after block {layer} of {lm.n_layers}"
 timings["load_model_s"] = time.perf_counter() - t0
 print(MODEL)
@@ -109,22 +106,22 @@ if lm.quantised:
 # model, layer, text and settings) and reused by later runs.
 
 # %%
-docs = load_documents(P["text"], max_documents=P["max_documents"])
-train_docs, test_docs = split_documents(docs, P["held_out_fraction"], seed=P["seed"])
-train_docs, test_docs = interleave(train_docs, P["seed"]), interleave(test_docs, P["seed"] + 1)
+docs = load_documents(P.text, max_documents=P.max_documents)
+train_docs, test_docs = split_documents(docs, P.held_out_fraction, seed=P.seed)
+train_docs, test_docs = interleave(train_docs, P.seed), interleave(test_docs, P.seed + 1)
 
 
 def capture_config(tokens, per_doc):
-    return CaptureConfig(layer=layer, context_len=P["context_len"], batch_size=P["capture_batch"],
-                         max_tokens=tokens, max_windows_per_doc=per_doc, outlier_factor=P["outlier_factor"],
-                         dtype=P["cache_dtype"], device=device, progress=P["progress"])
+    return CaptureConfig(layer=layer, context_len=P.context_len, batch_size=P.capture_batch,
+                         max_tokens=tokens, max_windows_per_doc=per_doc, outlier_factor=P.outlier_factor,
+                         dtype=P.cache_dtype, device=device, progress=P.progress)
 
 
 t0 = time.perf_counter()
-train_cache = capture_cached(lm, train_docs, capture_config(P["train_tokens"], P["train_windows_per_doc"]),
-                             dataset=f"{P['text']}:train")
-test_cache = capture_cached(lm, test_docs, capture_config(P["test_tokens"], P["test_windows_per_doc"]),
-                            dataset=f"{P['text']}:held-out")
+train_cache = capture_cached(lm, train_docs, capture_config(P.train_tokens, P.train_windows_per_doc),
+                             dataset=f"{P.text}:train")
+test_cache = capture_cached(lm, test_docs, capture_config(P.test_tokens, P.test_windows_per_doc),
+                            dataset=f"{P.text}:held-out")
 timings["capture_s"] = time.perf_counter() - t0
 capture_table = pd.DataFrame([
     {"split": name, "tokens": len(c), "documents": len(np.unique(c.column("doc_id"))),
@@ -136,8 +133,8 @@ capture_table
 
 # %%
 x_test = torch.from_numpy(np.array(test_cache.vectors(), dtype=np.float32))
-if P["stream"]:  # paper scale: batches streamed from the memory-mapped shards
-    x_train = train_cache.batches(P["batch_size"], seed=P["seed"])
+if P.stream:  # paper scale: batches streamed from the memory-mapped shards
+    x_train = train_cache.batches(P.batch_size, seed=P.seed)
 else:
     x_train = torch.from_numpy(np.array(train_cache.vectors(), dtype=np.float32))
 print(f"train {x_train.shape}, held-out {tuple(x_test.shape)}")
@@ -149,7 +146,7 @@ print(f"train {x_train.shape}, held-out {tuple(x_test.shape)}")
 
 # %%
 t0 = time.perf_counter()
-grid = train_matched_grid(x_train, x_test, P, P["k_grid"], baselines=tuple(P["baselines"]))
+grid = train_matched_grid(x_train, x_test, P, P.k_grid, baselines=tuple(P.baselines))
 timings["train_s"] = time.perf_counter() - t0
 table = grid_summary_table(grid)
 
@@ -160,12 +157,12 @@ table = grid_summary_table(grid)
 
 # %%
 n_test_windows = int(test_cache.column("window").max()) + 1
-test_windows = list(pack_windows(test_docs, lm.tokenizer, P["context_len"], lm.bos_id, lm.pad_id,
-                                 max_windows_per_doc=P["test_windows_per_doc"]))[:n_test_windows]
+test_windows = list(pack_windows(test_docs, lm.tokenizer, P.context_len, lm.bos_id, lm.pad_id,
+                                 max_windows_per_doc=P.test_windows_per_doc))[:n_test_windows]
 t0 = time.perf_counter()
 saes = {(k, arch): m.model for k, models in grid.items() for arch, m in models.items()}
-ce = splice_evaluate(lm, test_windows[:P["ce_windows"]], layer,
-                     {f"{arch}@{k}": sae for (k, arch), sae in saes.items()}, batch_size=P["capture_batch"])
+ce = splice_evaluate(lm, test_windows[:P.ce_windows], layer,
+                     {f"{arch}@{k}": sae for (k, arch), sae in saes.items()}, batch_size=P.capture_batch)
 timings["ce_eval_s"] = time.perf_counter() - t0
 for col in ("ce_loss_recovered", "delta_lm_loss", "kl_score"):
     table[col] = [ce["models"][f"{r.model}@{r.k_target}"][col] for r in table.itertuples()]
@@ -191,7 +188,7 @@ plt.show()
 # ## 4. Where SoftSAE spends its budget
 
 # %%
-base = token_frame(test_cache, x_test.numpy(), window_surprisal(lm, test_windows, P["capture_batch"]),
+base = token_frame(test_cache, x_test.numpy(), window_surprisal(lm, test_windows, P.capture_batch),
                    train_cache.column("token_id"))
 frames = {k: per_sample_frame(models, **{c: base[c].to_numpy() for c in base.columns})
           for k, models in grid.items()}
@@ -207,13 +204,13 @@ if out:
 plt.show()
 
 # %%
-k_show = P["k_grid"][len(P["k_grid"]) // 2]
+k_show = P.k_grid[len(P.k_grid) // 2]
 khat = frames[k_show]["soft_k_hat"].to_numpy()
 lookup = {(w, p): v for w, p, v in zip(base["window"], base["position"], khat, strict=True)}
 vmin, vmax = np.quantile(khat, [0.02, 0.98])
 source = {d.doc_id: d.source for d in test_docs}
 blocks = []
-for w in range(min(P["html_windows"], len(test_windows))):
+for w in range(min(P.html_windows, len(test_windows))):
     win = test_windows[w]
     positions = np.nonzero(win.valid)[0]
     blocks.append(shaded_tokens_html(token_strings(lm.tokenizer, win.token_ids[positions]),
@@ -239,19 +236,19 @@ pd.concat({"lowest k̂": lowest[["token", "count", "mean"]], "highest k̂": high
 # position, log unigram frequency (training tokens) and LM surprisal; CIs resample documents.
 
 # %%
-rng = np.random.default_rng(P["seed"])
-sub = np.sort(rng.choice(len(base), min(P["lid_n"], len(base)), replace=False))
+rng = np.random.default_rng(P.seed)
+sub = np.sort(rng.choice(len(base), min(P.lid_n, len(base)), replace=False))
 t0 = time.perf_counter()
-lid = local_id(x_test[sub].double(), P["lid_k"], estimators=("mle", "twonn"), duplicates="dedupe")
+lid = local_id(x_test[sub].double(), P.lid_k, estimators=("mle", "twonn"), duplicates="dedupe")
 timings["lid_s"] = time.perf_counter() - t0
 covariates = ["norm", "log_position", "log_freq", "surprisal"]
 assoc, analysed = [], {}
 for k, frame in frames.items():
     f = frame.iloc[sub].assign(lid_mle=lid["mle"].numpy(), lid_twonn=lid["twonn"].numpy())
     analysed[k] = f
-    kappas = ["soft_k_hat", "soft_l0"] + [f"{a}_l0" for a in P["baselines"]]
-    assoc.append(association_table(f, kappas, ["lid_mle", "lid_twonn"], clusters="doc_id", n_boot=P["n_boot"],
-                                   seed=P["seed"], covariates=covariates).assign(k_target=k))
+    kappas = ["soft_k_hat", "soft_l0"] + [f"{a}_l0" for a in P.baselines]
+    assoc.append(association_table(f, kappas, ["lid_mle", "lid_twonn"], clusters="doc_id", n_boot=P.n_boot,
+                                   seed=P.seed, covariates=covariates).assign(k_target=k))
 assoc = pd.concat(assoc, ignore_index=True)
 print(f"k̂ / L0 vs LID on {len(sub)} held-out tokens — {MODEL}")
 assoc[["k_target", "kappa", "target", "n", "spearman", "spearman_ci_low", "spearman_ci_high",
@@ -268,11 +265,11 @@ assoc[["k_target", "kappa", "target", "n", "spearman", "spearman_ci_low", "spear
 # %%
 f = analysed[k_show]
 fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-scatter_with_trend(axes[0], f["lid_mle"], f["soft_k_hat"], f"LID (MLE, K={P['lid_k']})", "SoftSAE k̂",
+scatter_with_trend(axes[0], f["lid_mle"], f["soft_k_hat"], f"LID (MLE, K={P.lid_k})", "SoftSAE k̂",
                    "k̂ vs LID (MLE)")
-scatter_with_trend(axes[1], f["lid_twonn"], f["soft_k_hat"], f"LID (local TwoNN, K={P['lid_k']})", "SoftSAE k̂",
+scatter_with_trend(axes[1], f["lid_twonn"], f["soft_k_hat"], f"LID (local TwoNN, K={P.lid_k})", "SoftSAE k̂",
                    "k̂ vs LID (TwoNN)")
-scatter_with_trend(axes[2], f["lid_mle"], f["batch_topk_l0"], f"LID (MLE, K={P['lid_k']})", "BatchTopK L0",
+scatter_with_trend(axes[2], f["lid_mle"], f["batch_topk_l0"], f"LID (MLE, K={P.lid_k})", "BatchTopK L0",
                    "BatchTopK L0 vs LID (matched mean)")
 fig.suptitle(f"Target k = {k_show} — {MODEL}", fontsize=10)
 if out:

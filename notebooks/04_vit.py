@@ -51,30 +51,30 @@ from softsae_lib.vision.images import load_cifar10
 from softsae_lib.vision.proxies import complexity_proxies
 
 P, out = notebook_setup("04_vit", profile, out_dir)
-if P["threads"]:  # tiny tensors on shared cores: extra threads only add synchronisation
-    torch.set_num_threads(P["threads"])
-P["baselines"] = tuple(b for b in P["baselines"] if b in ARCHITECTURES)  # Matryoshka once it exists
+if P.threads:  # tiny tensors on shared cores: extra threads only add synchronisation
+    torch.set_num_threads(P.threads)
+P = P.replace(baselines=tuple(b for b in P.baselines if b in ARCHITECTURES))  # Matryoshka once it exists
 P
 
 # %% [markdown]
 # ## 1. Encoder and images
 
 # %%
-if P["encoder"].startswith("random-tiny"):
-    encoder = random_vision_encoder(P["encoder"].split("-")[-1], seed=P["seed"])
+if P.encoder.startswith("random-tiny"):
+    encoder = random_vision_encoder(P.encoder.split("-")[-1], seed=P.seed)
 else:
-    encoder = load_vision_encoder(P["encoder"], device=P["device"] or "cpu")
+    encoder = load_vision_encoder(P.encoder, device=P.device or "cpu")
 ENC = describe(encoder)
-train_images = load_cifar10("train").stratified(P["n_train"] // 10, seed=P["seed"])
-test_images = load_cifar10("test").stratified(P["n_test"] // 10, seed=P["seed"])
+train_images = load_cifar10("train").stratified(P.n_train // 10, seed=P.seed)
+test_images = load_cifar10("test").stratified(P.n_test // 10, seed=P.seed)
 print(ENC)
 print(f"train {len(train_images)} images, test {len(test_images)} images (CIFAR-10, stratified by class)")
 
 # %%
-emb_train = embed(encoder, train_images, f"cifar10-train-{len(train_images)}-s{P['seed']}", P["layer"],
-                  P["capture_batch"])
-emb_test = embed(encoder, test_images, f"cifar10-test-{len(test_images)}-s{P['seed']}", P["layer"],
-                 P["capture_batch"])
+emb_train = embed(encoder, train_images, f"cifar10-train-{len(train_images)}-s{P.seed}", P.layer,
+                  P.capture_batch)
+emb_test = embed(encoder, test_images, f"cifar10-test-{len(test_images)}-s{P.seed}", P.layer,
+                 P.capture_batch)
 x_train, x_test = emb_train.x, emb_test.x
 if emb_test.logits is not None:
     print(f"encoder's own test accuracy on these images: "
@@ -85,7 +85,7 @@ print(f"embeddings: train {tuple(x_train.shape)}, test {tuple(x_test.shape)}")
 # ## 2. SoftSAE, then the baselines at its realised mean L0
 
 # %%
-models = train_matched(x_train, x_test, P, baselines=P["baselines"])
+models = train_matched(x_train, x_test, P, baselines=P.baselines)
 table = summary_table(models)
 table
 
@@ -95,12 +95,12 @@ table
 # %%
 labels = emb_test.labels
 class_names = test_images.class_names
-lid = local_id(x_test, P["lid_k"], estimators=("mle", "twonn"), duplicates="exclude")
+lid = local_id(x_test, P.lid_k, estimators=("mle", "twonn"), duplicates="exclude")
 proxies = complexity_proxies(test_images.images, emb_test.logits)
 frame = per_sample_frame(models, label=labels, lid_mle=lid["mle"].numpy(), lid_twonn=lid["twonn"].numpy(),
                          norm=x_test.norm(dim=1).numpy(), **proxies)
 frame["class"] = [class_names[i] for i in labels]
-sparsity_cols = ["soft_k_hat", "soft_l0"] + [f"{b}_l0" for b in P["baselines"]]
+sparsity_cols = ["soft_k_hat", "soft_l0"] + [f"{b}_l0" for b in P.baselines]
 per_class = per_class_table(frame, sparsity_cols, "label", class_names)
 per_class
 
@@ -112,7 +112,7 @@ axes[0].hist(frame["soft_l0"], bins=np.arange(frame["soft_l0"].max() + 2) - 0.5,
 if "batch_topk_l0" in frame:
     axes[0].hist(frame["batch_topk_l0"], bins=np.arange(frame["batch_topk_l0"].max() + 2) - 0.5, alpha=0.4,
                  label="BatchTopK L0 (matched)")
-axes[0].axvline(P["k"], color="k", ls=":", label=f"target k = {P['k']}")
+axes[0].axvline(P.k, color="k", ls=":", label=f"target k = {P.k}")
 axes[0].set(xlabel="active latents per image", ylabel="images", title="per-image budget")
 axes[0].legend(fontsize=7)
 by_group(axes[1], frame["class"], frame["soft_k_hat"], "class", "SoftSAE k̂", "k̂ per class")
@@ -126,7 +126,7 @@ plt.show()
 # ## 4. The images with the smallest and the largest budget
 
 # %%
-low, high = extreme_indices(frame["soft_k_hat"].to_numpy(), P["grid_n"], seed=P["seed"])
+low, high = extreme_indices(frame["soft_k_hat"].to_numpy(), P.grid_n, seed=P.seed)
 for name, idx in (("lowest", low), ("highest", high)):
     caps = [f"{frame['class'][i]}\nk̂={frame['soft_k_hat'][i]:.1f}" for i in idx]
     fig = image_grid(test_images.images[idx], caps,
@@ -145,13 +145,13 @@ for name, idx in (("lowest", low), ("highest", high)):
 # %%
 targets = ["lid_mle", "lid_twonn", "png_bytes", "jpeg_bytes", "edge_density", "mean_gradient", "norm"]
 targets += ["classifier_entropy"] if "classifier_entropy" in frame else []
-assoc = association_table(frame, sparsity_cols, targets, clusters="label", n_boot=P["n_boot"], seed=P["seed"])
+assoc = association_table(frame, sparsity_cols, targets, clusters="label", n_boot=P.n_boot, seed=P.seed)
 assoc[["kappa", "target", "n", "spearman", "spearman_ci_low", "spearman_ci_high", "pearson", "kendall",
        "n_clusters", "share_at_min", "share_at_max", "note"]]
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-scatter_with_trend(axes[0], frame["lid_mle"], frame["soft_k_hat"], f"LID (MLE, K={P['lid_k']})", "SoftSAE k̂",
+scatter_with_trend(axes[0], frame["lid_mle"], frame["soft_k_hat"], f"LID (MLE, K={P.lid_k})", "SoftSAE k̂",
                    "k̂ vs LID")
 scatter_with_trend(axes[1], frame["png_bytes"], frame["soft_k_hat"], "PNG size (bytes)", "SoftSAE k̂",
                    "k̂ vs compressed size")

@@ -68,9 +68,9 @@ from softsae_lib.provenance import save_metrics
 from softsae_lib.reproduce import notebook_setup
 
 P, out = notebook_setup("05_architectures", profile, out_dir)
-if P["threads"]:  # small CPU models: extra intra-op threads mostly add synchronisation cost
-    torch.set_num_threads(P["threads"])
-ARCHS = tuple(P["archs"])
+if P.threads:  # small CPU models: extra intra-op threads mostly add synchronisation cost
+    torch.set_num_threads(P.threads)
+ARCHS = tuple(P.archs)
 timings = {}
 t_all = time.perf_counter()
 P
@@ -82,12 +82,12 @@ P
 # held-out points (MLE, K neighbours). The bootstrap resamples whole manifolds.
 
 # %%
-dims = tuple(d for d in P["intrinsic_dims"] for _ in range(P["manifolds_per_dim"]))
-data = manifold_mixture(P["n_train"] + P["n_test"], P["ambient_dim"], intrinsic_dims=dims,
-                        curvature=P["curvature"], noise=P["noise"], seed=P["seed"])
-n_tr = P["n_train"]
+dims = tuple(d for d in P.intrinsic_dims for _ in range(P.manifolds_per_dim))
+data = manifold_mixture(P.n_train + P.n_test, P.ambient_dim, intrinsic_dims=dims,
+                        curvature=P.curvature, noise=P.noise, seed=P.seed)
+n_tr = P.n_train
 x_train, x_test = data.x[:n_tr], data.x[n_tr:]
-lid = local_id(x_test, P["lid_k"], estimators=("mle",))
+lid = local_id(x_test, P.lid_k, estimators=("mle",))
 truth = {"lid_mle": lid["mle"].numpy(), "true_dim": data.intrinsic_dim[n_tr:].numpy(),
          "manifold": data.manifold_id[n_tr:].numpy()}
 print(f"{len(dims)} manifolds, dims {sorted(set(dims))}, train {tuple(x_train.shape)}, test {tuple(x_test.shape)}")
@@ -120,7 +120,7 @@ synth.association[["kappa", "target", "n", "spearman", "spearman_ci_low", "spear
 
 # %%
 t0 = time.perf_counter()
-synth_frontier = frontier(synth.models, x_train, x_test, P, tuple(P["frontier_scales"]))
+synth_frontier = frontier(synth.models, x_train, x_test, P, tuple(P.frontier_scales))
 timings["synthetic_frontier_s"] = time.perf_counter() - t0
 synth_frontier
 
@@ -160,14 +160,14 @@ for j, arch in enumerate(adaptive):
     by_group(axes[0, j], synth.frame["true_dim"], synth.frame[f"{arch}_sparsity"], "true dimension",
              "sparsity", model_name(arch))
     scatter_with_trend(axes[1, j], synth.frame["lid_mle"], synth.frame[f"{arch}_sparsity"],
-                       f"LID (MLE, K={P['lid_k']})", "sparsity", model_name(arch))
+                       f"LID (MLE, K={P.lid_k})", "sparsity", model_name(arch))
 if out:
     save_figure(fig, out / "sparsity_vs_dimension.png")
 plt.show()
 
 # %% [markdown]
 # ## 2. Real arm: a language model's residual stream
-# `P["real_arm"]` selects it, and `None` skips it. The residual stream after one block of a causal LM
+# `P.real_arm` selects it, and `None` skips it. The residual stream after one block of a causal LM
 # is captured on the offline text with `softsae_lib.activations`, exactly as in notebook 03. The
 # `smoke` profile uses a randomly initialised GPT-2-architecture model, which only checks the
 # code path; `local` uses SmolLM2-135M, a quantised stand-in; `paper` uses GPT-2 small. Train and
@@ -176,42 +176,42 @@ plt.show()
 
 # %%
 real, real_frontier, MODEL = None, None, None
-if P["real_arm"] is not None:
+if P.real_arm is not None:
     from softsae_lib.activations.capture import CaptureConfig, capture_cached
     from softsae_lib.activations.lm import load_lm
     from softsae_lib.activations.text import interleave, load_documents, split_documents
 
-    R = {**P, **P["real_arm"]}
+    R = P.lm_settings()  # the synthetic arm's settings with the LM arm's in their place
     t0 = time.perf_counter()
-    device = R.get("device") or "cpu"
-    lm = load_lm(R["model"], seed=R["seed"], random_config=R["random_config"], device=device)
-    MODEL = f"{lm.label}, residual stream after block {R['layer']} of {lm.n_layers}"
-    docs = load_documents(R["text"], max_documents=R["max_documents"])
-    train_docs, test_docs = split_documents(docs, R["held_out_fraction"], seed=R["seed"])
-    train_docs, test_docs = interleave(train_docs, R["seed"]), interleave(test_docs, R["seed"] + 1)
+    device = R.device or "cpu"
+    lm = load_lm(R.model, seed=R.seed, random_config=R.random_config, device=device)
+    MODEL = f"{lm.label}, residual stream after block {R.layer} of {lm.n_layers}"
+    docs = load_documents(R.text, max_documents=R.max_documents)
+    train_docs, test_docs = split_documents(docs, R.held_out_fraction, seed=R.seed)
+    train_docs, test_docs = interleave(train_docs, R.seed), interleave(test_docs, R.seed + 1)
 
     def capture_config(tokens, per_doc):
-        return CaptureConfig(layer=R["layer"], context_len=R["context_len"], batch_size=R["capture_batch"],
-                             max_tokens=tokens, max_windows_per_doc=per_doc, outlier_factor=R["outlier_factor"],
+        return CaptureConfig(layer=R.layer, context_len=R.context_len, batch_size=R.capture_batch,
+                             max_tokens=tokens, max_windows_per_doc=per_doc, outlier_factor=R.outlier_factor,
                              dtype="float32", device=device)
 
-    train_cache = capture_cached(lm, train_docs, capture_config(R["train_tokens"], R["train_windows_per_doc"]),
-                                 dataset=f"{R['text']}:train")
-    test_cache = capture_cached(lm, test_docs, capture_config(R["test_tokens"], R["test_windows_per_doc"]),
-                                dataset=f"{R['text']}:held-out")
+    train_cache = capture_cached(lm, train_docs, capture_config(R.train_tokens, R.train_windows_per_doc),
+                                 dataset=f"{R.text}:train")
+    test_cache = capture_cached(lm, test_docs, capture_config(R.test_tokens, R.test_windows_per_doc),
+                                dataset=f"{R.text}:held-out")
     timings["real_capture_s"] = time.perf_counter() - t0
     xr_train = torch.from_numpy(np.array(train_cache.vectors(), dtype=np.float32))
     xr_all = torch.from_numpy(np.array(test_cache.vectors(), dtype=np.float32))
-    sub = np.sort(np.random.default_rng(R["seed"]).choice(len(xr_all), min(R["lid_n"], len(xr_all)), replace=False))
+    sub = np.sort(np.random.default_rng(R.seed).choice(len(xr_all), min(R.lid_n, len(xr_all)), replace=False))
     xr_test = xr_all[sub]
-    lid_r = local_id(xr_test.double(), R["lid_k"], estimators=("mle",), duplicates="dedupe")
+    lid_r = local_id(xr_test.double(), R.lid_k, estimators=("mle",), duplicates="dedupe")
     truth_r = {"lid_mle": lid_r["mle"].numpy(), "norm": xr_test.norm(dim=1).numpy(),
                "doc_id": test_cache.column("doc_id")[sub]}
     print(f"{MODEL}\ntrain {tuple(xr_train.shape)}, held-out (LID subsample) {tuple(xr_test.shape)}, "
           f"{len(np.unique(truth_r['doc_id']))} held-out documents")
     t0 = time.perf_counter()
     real = compare_architectures(xr_train, xr_test, R, truth_r, lid_col="lid_mle", clusters="doc_id", archs=ARCHS)
-    real_frontier = frontier(real.models, xr_train, xr_test, R, tuple(R["frontier_scales"]))
+    real_frontier = frontier(real.models, xr_train, xr_test, R, tuple(R.frontier_scales))
     timings["real_train_s"] = time.perf_counter() - t0
     display(real.table)
     display(real.association[["kappa", "target", "n", "spearman", "spearman_ci_low", "spearman_ci_high",

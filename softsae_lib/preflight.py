@@ -64,18 +64,17 @@ def needs(name: str, profile: str) -> tuple[list[str], list[tuple[str, str]]]:
     modules: list[tuple[str, str]] = [("papermill", "pip install papermill")]
     if name == "00_train_vit_cifar10":
         files.append(CIFAR10_TAR)
-        if p.get("mode") == "evaluate":
-            files += _model_files(p["model"])
+        if p.mode == "evaluate":
+            files += _model_files(p.model)
     elif name == "03_gpt2":
-        f, m = _lm_needs(p["model"], p["text"])
+        f, m = _lm_needs(p.model, p.text)
         files, modules = files + f, modules + m
     elif name == "04_vit":
-        if p.get("images") == "cifar10":
+        if p.images == "cifar10":
             files.append(CIFAR10_TAR)
-        files += _model_files(p["encoder"])
-    elif name == "05_architectures" and p.get("real_arm"):
-        arm = p["real_arm"]
-        f, m = _lm_needs(arm["model"], arm["text"])
+        files += _model_files(p.encoder)
+    elif name == "05_architectures" and p.real_arm is not None:
+        f, m = _lm_needs(p.real_arm.model, p.real_arm.text)
         files, modules = files + f, modules + m
     return files, modules
 

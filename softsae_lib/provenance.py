@@ -50,7 +50,8 @@ def provenance() -> dict:
 
 def save_metrics(path, metrics: dict) -> None:
     """Write ``metrics`` plus this run's provenance as JSON, atomically (NaN becomes null; a pandas
-    DataFrame becomes its list of row records)."""
+    DataFrame becomes its list of row records; a settings dataclass its fields)."""
+    import dataclasses
     import json
     import math
 
@@ -61,6 +62,8 @@ def save_metrics(path, metrics: dict) -> None:
             return None
         if isinstance(v, dict):
             return {str(k): clean(x) for k, x in v.items()}
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return clean(dataclasses.asdict(v))
         if hasattr(v, "columns") and hasattr(v, "to_dict"):  # DataFrame
             return clean(v.to_dict(orient="records"))
         if isinstance(v, (list, tuple)):

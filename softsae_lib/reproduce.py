@@ -26,7 +26,7 @@ from pathlib import Path
 
 from softsae_lib import preflight
 from softsae_lib.atomic import atomic_write_text
-from softsae_lib.profiles import PROFILES, get_profile
+from softsae_lib.profiles import PROFILES, Settings, get_profile
 from softsae_lib.provenance import provenance
 from softsae_lib.resources import repo_root
 
@@ -55,7 +55,7 @@ class NotebookRun:
     error: str | None = None
 
 
-def notebook_setup(name: str, profile: str, out_dir: str | None) -> tuple[dict, Path | None]:
+def notebook_setup(name: str, profile: str, out_dir: str | None) -> tuple[Settings, Path | None]:
     """What every notebook does first: its profile's parameters, its output folder (created),
     the global torch seed set from the profile, and figures laid out so that titles never overlap."""
     import matplotlib
@@ -66,7 +66,7 @@ def notebook_setup(name: str, profile: str, out_dir: str | None) -> tuple[dict, 
     out = Path(out_dir) if out_dir else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(params.get("seed", 0))
+    torch.manual_seed(params.seed)
     return params, out
 
 
@@ -196,7 +196,7 @@ def reproduce(profile: str, only: list[str] | None = None, results_root: str | P
         log(f"[reproduce] ({i}/{len(names)}) {name}: {run.status} in {run.seconds:.0f}s")
         notebooks[run.name] = {
             "status": run.status, "seconds": round(run.seconds, 1), "output": run.output,
-            "error": run.error, "seed": get_profile(run.name, profile).get("seed"),
+            "error": run.error, "seed": get_profile(run.name, profile).seed,
         }
         atomic_write_text(manifest_path, json.dumps(
             {"profile": profile, "notebooks": notebooks, "provenance": provenance()}, indent=2))

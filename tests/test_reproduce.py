@@ -29,7 +29,7 @@ def test_every_notebook_runs_and_manifest_records_provenance(smoke_results):
     assert set(manifest["notebooks"]) == set(reproduce.NOTEBOOKS)
     assert "git_sha" in manifest["provenance"] and manifest["provenance"]["versions"]["torch"]
     for name, entry in manifest["notebooks"].items():
-        assert entry["seed"] == get_profile(name, "smoke")["seed"] and entry["seconds"] > 0
+        assert entry["seed"] == get_profile(name, "smoke").seed and entry["seconds"] > 0
         executed = nbformat.read(root / "smoke" / name / f"{name}.ipynb", as_version=4)
         # Papermill injected the profile and the output folder.
         injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
@@ -58,7 +58,7 @@ def test_synthetic_notebook_metrics(smoke_results):
         for r in rows.values():
             assert 0 < r["fvu"] < 0.6 and 0 <= r["dead_fraction"] <= 1
         soft = rows["soft"]
-        k = p["k"] if part == "manifolds" else p["sup_k"]
+        k = p.k if part == "manifolds" else p.sup_k
         assert 1 <= soft["k_hat_mean"] <= 2 * k
         assert soft["l0_mean"] <= soft["k_hat_mean"]  # inference floors k̂
         # Baselines are trained at SoftSAE's realised mean L0.
@@ -70,7 +70,7 @@ def test_synthetic_notebook_metrics(smoke_results):
     man = {(r["kappa"], r["target"]): r for r in m["manifolds"]["association"]}
     ci = man[("soft_k_hat", "true_dim")]
     assert ci["spearman_ci_low"] <= ci["spearman"] <= ci["spearman_ci_high"]
-    assert ci["n_clusters"] == len(p["intrinsic_dims"]) * p["manifolds_per_dim"]
+    assert ci["n_clusters"] == len(p.intrinsic_dims) * p.manifolds_per_dim
 
 
 def test_lm_notebook_metrics(smoke_results):
@@ -81,22 +81,22 @@ def test_lm_notebook_metrics(smoke_results):
     # A stand-in model must say so and never pass for GPT-2.
     assert m["model"]["stand_in"] and "not GPT-2" in m["model"]["description"]
     cap = {c["split"]: c for c in m["capture"]}
-    assert cap["train"]["tokens"] == p["train_tokens"] and cap["held-out"]["tokens"] == p["test_tokens"]
+    assert cap["train"]["tokens"] == p.train_tokens and cap["held-out"]["tokens"] == p.test_tokens
     rows = {(r["k_target"], r["model"]): r for r in m["models"]}
-    assert set(rows) == {(k, a) for k in p["k_grid"] for a in ("soft", *p["baselines"])}
+    assert set(rows) == {(k, a) for k in p.k_grid for a in ("soft", *p.baselines)}
     for r in rows.values():
         assert 0 < r["fvu"] < 1 and r["l0_mean"] > 0 and 0 <= r["dead_fraction"] <= 1
         assert math.isfinite(r["ce_loss_recovered"]) and math.isfinite(r["delta_lm_loss"])
         assert r["kl_score"] <= 1
-    for k in p["k_grid"]:
+    for k in p.k_grid:
         soft = rows[(k, "soft")]
         assert soft["l0_mean"] <= soft["k_hat_mean"] <= 2 * k
         assert rows[(k, "topk")]["k"] == max(1, round(soft["l0_mean"]))  # matched L0
     assert m["ce"]["n_tokens"] > 0 and m["ce"]["kl_zero"] > 0
     assoc = {(r["k_target"], r["kappa"], r["target"]): r for r in m["association"]}
-    for k in p["k_grid"]:
+    for k in p.k_grid:
         a = assoc[(k, "soft_k_hat", "lid_mle")]
-        assert a["n"] == p["lid_n"] and -1 <= a["spearman"] <= 1
+        assert a["n"] == p.lid_n and -1 <= a["spearman"] <= 1
         assert a["spearman_ci_low"] <= a["spearman"] <= a["spearman_ci_high"]
         assert -1 <= a["partial_spearman"] <= 1 and a["n_covariates"] == 4
         assert "constant" in assoc[(k, "topk_l0", "lid_mle")]["note"]
@@ -161,7 +161,7 @@ def test_vit_training_notebook_metrics(smoke_results):
     # accuracy recomputed from raw images through the exported processor equals the one at export
     assert m["test_accuracy"] == pytest.approx(m["card_test_accuracy"], abs=2 / m["n_test"])
     assert m["test_accuracy"] > 0.13  # above chance (0.1) after two epochs on 512 images
-    assert len(m["history"]) == get_profile("00_train_vit_cifar10", "smoke")["epochs"]
+    assert len(m["history"]) == get_profile("00_train_vit_cifar10", "smoke").epochs
     assert 0 < m["weights_mb"] < 15
     assert (root / "smoke" / "00_train_vit_cifar10" / "vit_training.png").stat().st_size > 1000
 
@@ -193,7 +193,7 @@ def test_architectures_notebook_metrics(smoke_results):
     root, _ = smoke_results
     p = get_profile("05_architectures", "smoke")
     m = json.loads((root / "smoke" / "05_architectures" / "metrics.json").read_text())
-    archs = list(p["archs"])
+    archs = list(p.archs)
     assert m["real"] is not None and "random" in m["real"]["model"]
     for part in (m["synthetic"], m["real"]):
         rows = {r["model"]: r for r in part["models"]}
@@ -215,10 +215,10 @@ def test_architectures_notebook_metrics(smoke_results):
     synth = {r["model"]: r for r in m["synthetic"]["models"]}
     assert all(synth[a]["fvu"] < 0.3 for a in archs if a != "sparsemax_attention")
     assoc = {(r["kappa"], r["target"]): r for r in m["synthetic"]["association"]}
-    n_manifolds = len(p["intrinsic_dims"]) * p["manifolds_per_dim"]
+    n_manifolds = len(p.intrinsic_dims) * p.manifolds_per_dim
     assert assoc[("soft_k_hat", "true_dim")]["n_clusters"] == n_manifolds
     frontier = m["synthetic"]["frontier"]
-    assert len(frontier) == len(archs) * len(p["frontier_scales"])
+    assert len(frontier) == len(archs) * len(p.frontier_scales)
     doubled = {r["model"]: r for r in frontier if r["scale"] == 2.0}
     assert doubled["topk"]["budget"] == 2 * matched_k(m) and doubled["topk"]["l0_mean"] == 2 * matched_k(m)
     assert {r["arm"] for r in m["table"]} == {"synthetic manifolds", f"LM: {m['real']['model']}"}

@@ -1,6 +1,6 @@
 """Every adaptive-sparsity architecture against SoftSAE at matched mean L0 (notebook 05).
 
-SoftSAE is trained first at target ``p['k']``; every other architecture is then configured for
+SoftSAE is trained first at target ``p.k``; every other architecture is then configured for
 SoftSAE's realised mean L0 (:func:`softsae_lib.experiments.matched.train_matched`) through
 :func:`budget_config`, because the architectures expose their budget differently:
 
@@ -8,10 +8,10 @@ SoftSAE's realised mean L0 (:func:`softsae_lib.experiments.matched.train_matched
 * Tree SAE: ``k`` = Σ_l k_l, split 26:6 over two layers as in the paper's L0 = 32 config.
 * Sparsemax SAE: the published model has no sparsity knob (its support is set by the learned score
   scale); we use its ``target_support`` controller [ours] so it can be compared at the same mean
-  support, unless ``p['sparsemax_match']`` is False.
+  support, unless ``p.sparsemax_match`` is False.
 
 Threshold-based models (BatchTopK, Matryoshka, MC, FC) are recalibrated after training with the
-paper estimator θ = E[smallest kept activation] over ``p['calibration_batches']`` training batches,
+paper estimator θ = E[smallest kept activation] over ``p.calibration_batches`` training batches,
 because the EMA from the short runs here has few updates. Their per-sample sparsity is then the
 threshold-mode L0. The per-sample readout of every model is ``model.sparsity(x)`` (SoftSAE: L0 =
 ⌊k̂⌋; sparsemax: support size); SoftSAE's continuous k̂ is kept as an extra column.
@@ -28,34 +28,35 @@ import torch
 from softsae_lib.experiments.matched import (
     TrainedModel,
     association_table,
+    dead_threshold,
     fit_and_evaluate,
     per_sample_frame,
     train_matched,
 )
+from softsae_lib.profiles import ARCHS_05 as ARCHS
+from softsae_lib.profiles import Architectures
 from softsae_lib.saes import SAE
 
-ARCHS = ("soft", "topk", "batch_topk", "matryoshka", "feature_choice", "mutual_choice",
-         "sparsemax_attention", "tree")
 THRESHOLDED = ("batch_topk", "matryoshka", "feature_choice", "mutual_choice")
 
 
-def budget_config(arch: str, k: int, p: dict) -> dict:
+def budget_config(arch: str, k: int, p: Architectures) -> dict:
     """Config kwargs that put ``arch`` at a mean of about ``k`` active latents; schedules from ``p``."""
-    steps, dead = p["steps"], p.get("dead_threshold", 50 * p["batch_size"])
+    steps, dead = p.steps, dead_threshold(p)
     if arch == "sparsemax_attention":
-        return {"target_support": float(k)} if p.get("sparsemax_match", True) else {}
+        return {"target_support": float(k)} if p.sparsemax_match else {}
     if arch == "tree":
         # The paper's schedule (first reallocation after 3000 of 97,657 steps, interval capped at
         # 10,000, root reset at 50,000) scaled to this run's length.
-        return {"k": k, "dead_tokens": dead, "eligible_tokens": dead, "k_aux": p.get("k_aux_tree", 256),
+        return {"k": k, "dead_tokens": dead, "eligible_tokens": dead, "k_aux": p.k_aux_tree,
                 "realloc_every": max(1, round(0.03 * steps)), "realloc_max": max(1, round(0.1 * steps)),
                 "root_reset_step": max(1, round(0.5 * steps))}
     return {"k": k}
 
 
-def calibrator(x_train: torch.Tensor, p: dict):
+def calibrator(x_train: torch.Tensor, p: Architectures):
     """after_training hook: recalibrate inference thresholds on training batches (no-op otherwise)."""
-    n, bs = p.get("calibration_batches", 8), p["batch_size"]
+    n, bs = p.calibration_batches, p.batch_size
 
     def calibrate(model: SAE) -> None:
         if model.arch in THRESHOLDED:
@@ -79,7 +80,7 @@ def _with_sparsity(m: TrainedModel, x_test: torch.Tensor) -> TrainedModel:
     return m
 
 
-def train_architectures(x_train: torch.Tensor, x_test: torch.Tensor, p: dict,
+def train_architectures(x_train: torch.Tensor, x_test: torch.Tensor, p: Architectures,
                         archs: tuple[str, ...] = ARCHS, log=print) -> dict[str, TrainedModel]:
     """SoftSAE, then every other arch in ``archs`` at SoftSAE's realised mean L0 (rounded)."""
     if archs[0] != "soft":
@@ -90,7 +91,7 @@ def train_architectures(x_train: torch.Tensor, x_test: torch.Tensor, p: dict,
     return {arch: _with_sparsity(m, x_test) for arch, m in models.items()}
 
 
-def frontier(models: dict[str, TrainedModel], x_train: torch.Tensor, x_test: torch.Tensor, p: dict,
+def frontier(models: dict[str, TrainedModel], x_train: torch.Tensor, x_test: torch.Tensor, p: Architectures,
              scales: tuple[float, ...], log=print) -> pd.DataFrame:
     """FVU and mean L0 of every arch at budgets scale × (its matched budget); scale 1 reuses ``models``.
 
@@ -99,7 +100,7 @@ def frontier(models: dict[str, TrainedModel], x_train: torch.Tensor, x_test: tor
     matched_k = max(1, int(round(models["soft"].metrics["l0"]["mean"])))
     rows = []
     for arch, m in models.items():
-        base = p["k"] if arch == "soft" else matched_k
+        base = p.k if arch == "soft" else matched_k
         for scale in scales:
             k = max(1, int(round(scale * base)))
             if scale == 1.0:
@@ -143,9 +144,9 @@ def architecture_table(models: dict[str, TrainedModel], association: pd.DataFram
     return pd.DataFrame(rows)
 
 
-def compare_architectures(x_train: torch.Tensor, x_test: torch.Tensor, p: dict, truth: dict[str, np.ndarray],
-                          lid_col: str, clusters: str | None = None, archs: tuple[str, ...] = ARCHS,
-                          log=print) -> ArmResult:
+def compare_architectures(x_train: torch.Tensor, x_test: torch.Tensor, p: Architectures,
+                          truth: dict[str, np.ndarray], lid_col: str, clusters: str | None = None,
+                          archs: tuple[str, ...] = ARCHS, log=print) -> ArmResult:
     """One arm of notebook 05: train every arch at matched L0, correlate per-sample sparsity with ``truth``.
 
     Args:
@@ -157,6 +158,6 @@ def compare_architectures(x_train: torch.Tensor, x_test: torch.Tensor, p: dict, 
     frame = per_sample_frame(models, **truth)
     kappas = [f"{a}_sparsity" for a in models] + ["soft_k_hat"]
     targets = [c for c in truth if c != clusters]
-    association = association_table(frame, kappas, targets, clusters=clusters, n_boot=p["n_boot"],
-                                    seed=p["seed"])
-    return ArmResult(models, frame, architecture_table(models, association, lid_col, p["steps"]), association)
+    association = association_table(frame, kappas, targets, clusters=clusters, n_boot=p.n_boot,
+                                    seed=p.seed)
+    return ArmResult(models, frame, architecture_table(models, association, lid_col, p.steps), association)

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from softsae_lib.evaluation import evaluate_sae
+from softsae_lib.profiles import SAEExperiment
 from softsae_lib.saes import SAE, make_sae
 from softsae_lib.stats import summarize_association
 from softsae_lib.training import TrainConfig, train_sae
@@ -35,25 +36,30 @@ class TrainedModel:
     train_seconds: float
 
 
-def train_config(p: dict, arch: str) -> TrainConfig:
+def dead_threshold(p: SAEExperiment) -> int:
+    """Samples without firing after which a latent counts as dead (default: 50 batches)."""
+    return p.dead_threshold if p.dead_threshold is not None else 50 * p.batch_size
+
+
+def train_config(p: SAEExperiment, arch: str) -> TrainConfig:
     """The schedule shared by every model of an experiment (SoftSAE adds its α schedule and hard phase).
 
-    ``p['alpha_anneal_fraction']`` (None: α = α_final from the first step, as in the official CLIP
+    ``p.alpha_anneal_fraction`` (None: α = α_final from the first step, as in the official CLIP
     config SoftSAE_220.json) sets SoftSAE's α anneal 1 → 1e-4 as a fraction of the steps.
     """
-    steps = p["steps"]
-    anneal = p.get("alpha_anneal_fraction")
+    steps = p.steps
+    anneal = p.alpha_anneal_fraction
     return TrainConfig(
-        steps=steps, batch_size=p["batch_size"], lr=p["lr"], warmup_steps=max(1, steps // 20),
+        steps=steps, batch_size=p.batch_size, lr=p.lr, warmup_steps=max(1, steps // 20),
         decay_start=int(0.8 * steps), k_anneal_steps=max(1, steps // 20),
         alpha_anneal_steps=max(1, int(anneal * steps)) if arch == "soft" and anneal else None,
         hard_topk_steps=steps // 10 if arch == "soft" else None,
-        dead_threshold=p.get("dead_threshold", 50 * p["batch_size"]), seed=p["seed"],
-        log_every=max(1, steps // 100), progress=p.get("progress"), device=p.get("device"),
+        dead_threshold=dead_threshold(p), seed=p.seed,
+        log_every=max(1, steps // 100), progress=p.progress, device=p.device,
     )
 
 
-def fit_and_evaluate(arch: str, k: int, x_train: torch.Tensor, x_test: torch.Tensor, p: dict,
+def fit_and_evaluate(arch: str, k: int, x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment,
                      config: dict | None = None,
                      after_training: Callable[[SAE], None] | None = None) -> TrainedModel:
     """Train ``arch`` with budget ``k`` (or the explicit ``config`` kwargs) and evaluate it on x_test.
@@ -62,7 +68,7 @@ def fit_and_evaluate(arch: str, k: int, x_train: torch.Tensor, x_test: torch.Ten
     is not part of ``train_seconds``.
     """
     config = {"k": k} if config is None else config
-    model = make_sae(arch, d_model=x_train.shape[1], dict_size=p["dict_size"], seed=p["seed"], **config)
+    model = make_sae(arch, d_model=x_train.shape[1], dict_size=p.dict_size, seed=p.seed, **config)
     t0 = time.perf_counter()
     result = train_sae(model, x_train, train_config(p, arch))
     seconds = time.perf_counter() - t0
@@ -73,17 +79,17 @@ def fit_and_evaluate(arch: str, k: int, x_train: torch.Tensor, x_test: torch.Ten
     return TrainedModel(arch, model, result.history, metrics, per_sample, seconds)
 
 
-def train_matched(x_train: torch.Tensor, x_test: torch.Tensor, p: dict,
+def train_matched(x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment,
                   baselines: tuple[str, ...] = BASELINES, log=print,
                   configure: Callable[[str, int], dict] | None = None,
                   after_training: Callable[[SAE], None] | None = None) -> dict[str, TrainedModel]:
-    """SoftSAE at target ``p['k']``, then each baseline at SoftSAE's realised mean L0 (rounded).
+    """SoftSAE at target ``p.k``, then each baseline at SoftSAE's realised mean L0 (rounded).
 
     ``configure(arch, k)`` gives the config kwargs that put ``arch`` at budget k (default ``{"k": k}``);
     ``after_training`` is passed to :func:`fit_and_evaluate`.
     """
     configure = configure or (lambda arch, k: {"k": k})
-    out = {"soft": fit_and_evaluate("soft", p["k"], x_train, x_test, p, configure("soft", p["k"]),
+    out = {"soft": fit_and_evaluate("soft", p.k, x_train, x_test, p, configure("soft", p.k),
                                     after_training)}
     matched_k = max(1, int(round(out["soft"].metrics["l0"]["mean"])))
     log(f"SoftSAE: mean k̂ {out['soft'].metrics['k_hat']['mean']:.2f}, realised mean L0 "
@@ -138,11 +144,11 @@ def association_table(frame: pd.DataFrame, kappas: list[str], targets: list[str]
     return pd.DataFrame(rows)
 
 
-def train_matched_grid(x_train, x_test: torch.Tensor, p: dict, ks: tuple[int, ...] | list[int],
+def train_matched_grid(x_train, x_test: torch.Tensor, p: SAEExperiment, ks: tuple[int, ...] | list[int],
                        baselines: tuple[str, ...] = BASELINES,
                        log=print) -> dict[int, dict[str, TrainedModel]]:
     """:func:`train_matched` at each SoftSAE target k of ``ks``: {k: {arch: model}} (an L0 frontier)."""
-    return {k: train_matched(x_train, x_test, dict(p, k=k), baselines=baselines, log=log) for k in ks}
+    return {k: train_matched(x_train, x_test, p.replace(k=k), baselines=baselines, log=log) for k in ks}
 
 
 def grid_summary_table(grid: dict[int, dict[str, TrainedModel]]) -> pd.DataFrame:
