@@ -13,7 +13,7 @@ PROFILES = ("smoke", "local", "paper")
 
 # alpha_anneal_fraction None: SoftSAE trains at α = 1e-4 from the first step (official CLIP config).
 # Annealing α from 1 over 20% of the steps collapsed k̂ to its lower clamp on this data (see the
-# closing note of the synthetic-manifold issue and notebook 02).
+# synthetic-manifold results in notebook 02).
 _SYNTH_COMMON = dict(intrinsic_dims=(1, 2, 4, 8, 16), manifolds_per_dim=3, curvature=0.5, noise=0.01,
                      lid_k=20, n_boot=1000, seed=0, alpha_anneal_fraction=None)
 
