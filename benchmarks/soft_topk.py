@@ -1,6 +1,6 @@
 """Soft top-k (LapSum) vs hard top-k + scatter: forward+backward time and peak extra memory.
 
-Setting of the issue: x = relu(randn(4096, 16384)) fp32, k ≈ 64 per row, α = 1e-2.
+Setting: x = relu(randn(4096, 16384)) fp32, k ≈ 64 per row, α = 1e-2.
 Targets on the 2-core CPU: time ratio ≤ 2.0, peak extra memory ≤ 3× the input.
 Both timings are taken in one process, interleaved; memory is measured in a fresh child
 process per operator (the process's peak RSS above the level after building the input).

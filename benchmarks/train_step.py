@@ -1,6 +1,6 @@
 """Time per training step of SoftSAE vs TopK through the shared trainer, in one run.
 
-Setting of the issue: d = 768, F = 16384, batch 4096, CPU. Target: SoftSAE ≤ 1.6× TopK (its
+Setting: d = 768, F = 16384, batch 4096, CPU. Target: SoftSAE ≤ 1.6× TopK (its
 k-estimator adds one d×F matmul forward and two backward). Steps are timed with the trainer's
 ``on_step`` hook; step 0 (geometric-median init) is excluded. The two models alternate in short
 rounds, and the reported ``ratio`` is the median over rounds of (SoftSAE's best step / TopK's best
@@ -8,7 +8,7 @@ step) within the round: on a shared machine the speed drifts by ±30% over minut
 two steps taken seconds apart is far steadier than one of global minima (also reported).
 
     python -m benchmarks.train_step [--d 768 --F 16384 --batch 4096 --steps 2 --rounds 6]
-    python -m benchmarks.train_step --device cuda --F 24576 --bf16     # the GPU figures of issue 7
+    python -m benchmarks.train_step --device cuda --F 24576 --bf16     # GPU figures (bf16, wider dictionary)
 
 Reports tokens/s (= batch / step time) and, on CUDA, the peak GPU memory of each model.
 """

@@ -1,4 +1,4 @@
-"""Reconstruction and sparsity metrics for sparse autoencoders (reference doc §12).
+"""Reconstruction and sparsity metrics for sparse autoencoders (``docs/sae-variants.md`` §10).
 
 All reconstruction metrics are computed in the ORIGINAL activation space. Notation: ``x`` is
 ``(N, d)`` inputs, ``x_hat`` is ``(N, d)`` reconstructions, ``codes`` is ``(N, F)`` latent

@@ -1,6 +1,6 @@
 """Statistics for "does the per-sample budget κ (SoftSAE k̂, L0, …) follow the local intrinsic dimension ℓ?"
 
-Reference doc §13. Every function is pure: 1-D numpy arrays / torch tensors / sequences of length ``n`` in,
+Pure functions (docs/sae-variants.md §11): 1-D numpy arrays / torch tensors / sequences of length ``n`` in,
 Python floats or dicts of floats out. Inputs are converted to float64 and checked: mismatched lengths, NaN/inf
 and constant ``x``/``y`` (correlation undefined) raise ``ValueError`` naming the offending argument.
 

@@ -1,4 +1,4 @@
-"""Tests for softsae_lib.metrics (reference doc §12)."""
+"""Tests for softsae_lib.metrics (``docs/sae-variants.md`` §10)."""
 
 from __future__ import annotations
 

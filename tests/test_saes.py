@@ -1,4 +1,4 @@
-"""Tests for the SAE architectures (softsae_lib.saes; sae-variants.md §0–4, §9; reference §1)."""
+"""Tests for the SAE architectures (softsae_lib.saes; docs/sae-variants.md §0–4, §9; docs/method.md §1)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _ctx(k: float = K, alpha: float = 1e-2, hard: bool = False, step: int = 0, t
 
 
 def test_registry_has_all_five_architectures() -> None:
-    assert {"soft", "topk", "batch_topk", "jumprelu", "relu"} <= set(ARCHITECTURES)  # + issue-6 archs
+    assert {"soft", "topk", "batch_topk", "jumprelu", "relu"} <= set(ARCHITECTURES)  # + the adaptive ones
     assert isinstance(_make("soft"), SoftSAE)
     assert isinstance(_make("topk"), TopKSAE)
     assert isinstance(_make("batch_topk"), BatchTopKSAE)

@@ -1,4 +1,4 @@
-"""Tests for the LapSum soft top-k ``softsae_lib.ops.soft_topk`` (reference §2).
+"""Tests for the LapSum soft top-k ``softsae_lib.ops.soft_topk`` (``docs/method.md`` §2).
 
 The forward pass is checked against an independent float64 bisection for the threshold t of
 Σ_j F((x_j − t)/α) = k (F = standard Laplace CDF), and the backward pass against the
@@ -164,7 +164,7 @@ def test_backward_matches_reference_formulas(dist, alpha, kind):
     assert (x.grad - gx).abs().max().item() <= 1e-6 * scale_x
     # grad_k = v̄ is a q-weighted mean of v: compare absolutely (|v| ~ 1), row by row. Where every
     # q underflows (an integer k between values ≳ 1400α apart) v̄ = 0/0 has no float64 answer: the
-    # library returns 0 (reference §2.8); it must at least stay within the range of v.
+    # library returns 0 (docs/method.md §2.8); it must at least stay within the range of v.
     sound = S > 1e-280
     err_k = (k.grad[:, 0] - gk).abs()[sound]
     assert err_k.max().item() <= 1e-6, f"grad_k errors per row: {err_k.tolist()}"
@@ -209,7 +209,7 @@ def test_gradcheck_one_dimensional_and_large_k():
 
 
 # ---------------------------------------------------------------------------------------------
-# Hard limit at α = 1e-4 (reference §2.8)
+# Hard limit at α = 1e-4 (docs/method.md §2.8)
 # ---------------------------------------------------------------------------------------------
 
 

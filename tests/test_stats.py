@@ -1,4 +1,4 @@
-"""Tests for softsae_lib.stats (reference doc §13: κ vs LID statistics)."""
+"""Tests for softsae_lib.stats (``docs/sae-variants.md`` §11: κ vs LID statistics)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Downstream fidelity: splice an SAE's reconstruction into the LM (sae-variants §12, "Downstream").
+"""Downstream fidelity: splice an SAE's reconstruction into the LM (docs/sae-variants.md §10, "Downstream").
 
 On the same windows the model runs once clean, once with the residual stream after block L set
 to 0 (zero ablation), and once per SAE with it replaced by the SAE's reconstruction x̂ (raw,

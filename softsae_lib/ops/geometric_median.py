@@ -1,4 +1,4 @@
-"""Geometric median by Weiszfeld iterations, used to initialise b_dec (reference §1.1)."""
+"""Geometric median by Weiszfeld iterations, used to initialise b_dec (``docs/method.md`` §1.1)."""
 
 from __future__ import annotations
 

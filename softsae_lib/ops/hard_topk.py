@@ -1,6 +1,6 @@
 """Hard top-k selections used at inference and in hard training phases.
 
-* ``topk_mask(x, k)``: per-row top-⌊k_b⌋ mask, the inference path of SoftSAE (reference §1.2).
+* ``topk_mask(x, k)``: per-row top-⌊k_b⌋ mask, the inference path of SoftSAE (docs/method.md §1.2).
 * ``per_row_topk(x, k)``: the same selection applied to x (gradients reach the kept entries).
 * ``batch_topk(x, k)``: the top-(k·B) entries over the flattened batch (BatchTopK, arXiv 2412.06410).
 """

@@ -1,6 +1,6 @@
 """A one-hidden-layer ReLU MLP with a scalar output, with a memory-light fused backward.
 
-SoftSAE's Dynamic Sparsity MLP (reference ``softsae-reference.md`` §1.2) is
+SoftSAE's Dynamic Sparsity MLP (``docs/method.md`` §1.2) is
 
     logit = w₂ᵀ ReLU(W₁ᵀ(x − b) + b₁) + b₂,       x: (B, d), W₁: (d, F), b₁, w₂: (F,), b: (d,)
 

@@ -5,9 +5,9 @@ For a row x ∈ R^n, a budget k ∈ [0, n] and a scale α > 0 the soft top-k mas
     p_j = F((x_j − t) / α),   F = standard Laplace CDF,   t such that Σ_j p_j = k,
 
 so p ∈ [0, 1]^n, Σp = k exactly, larger x gives larger p, and as α → 0 the mask tends to
-"ones on the top ⌊k⌋, frac(k) on the next, zeros elsewhere" (reference §2.8).
+"ones on the top ⌊k⌋, frac(k) on the next, zeros elsewhere" (``docs/method.md`` §2.8).
 
-How t is found (reference ``softsae-reference.md`` §2.2 and §2.7):
+How t is found (``docs/method.md`` §2.2 and §2.7):
 
 * Sort-free window. With K ≥ 2k + 2 the soft count at the K-th largest value satisfies
   Φ(s_{K−1}) ≥ K/2 > k, so the threshold lies inside the top-K window and only
@@ -21,7 +21,7 @@ How t is found (reference ``softsae-reference.md`` §2.2 and §2.7):
   computed from the same buffer as T with one multiply, and their derivative q_j = p_j/α needs
   no second exponential in the backward pass. Window elements are recomputed in float64.
 
-Backward (implicit differentiation, reference §2.4), with q_j = f((x_j − t)/α)/α, S = Σq,
+Backward (implicit differentiation, ``docs/method.md`` §2.4), with q_j = f((x_j − t)/α)/α, S = Σq,
 v̄ = Σ q v / S:  grad_x = q ⊙ (v − v̄),  grad_k = v̄,  grad_α = −(1/α) Σ_i q_i v_i (x_i − x̄).
 
 Edge cases: k = 0 gives all zeros and k = n all ones (t = ±∞, zero gradients); ties are exact.

@@ -1,4 +1,4 @@
-"""AuxK dead-latent auxiliary loss (Gao et al. 2024, arXiv 2406.04093; reference §1.3)."""
+"""AuxK dead-latent auxiliary loss (Gao et al. 2024, arXiv 2406.04093; docs/sae-variants.md §0)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Shared base class of every sparse autoencoder in the library.
 
-Conventions (reference ``sae-variants.md`` §0):
+Conventions (``docs/sae-variants.md`` §0):
 
 * Parameters ``W_enc: (d, F)``, ``b_enc: (F,)``, ``W_dec: (F, d)`` (row i is atom d_i) and
   ``b_dec: (d,)``; ``x̂ = z @ W_dec + b_dec``.
@@ -130,7 +130,7 @@ class SAE(nn.Module):
         self.config = config
         d, F = config.d_model, config.dict_size
         gen = torch.Generator().manual_seed(config.seed)
-        # nn.Linear's default init of an F→d layer, then unit-norm atoms (reference §1.1).
+        # nn.Linear's default init of an F→d layer, then unit-norm atoms (docs/method.md §1.1).
         bound = 1.0 / math.sqrt(F)
         w_dec = (torch.rand(F, d, generator=gen) * 2 - 1) * bound
         w_dec = w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12) * self._init_decoder_norm()
@@ -229,7 +229,7 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def init_b_dec(self, x_n: torch.Tensor) -> None:
-        """b_dec ← geometric median of a normalised batch x_n: (B, d) (reference §1.1)."""
+        """b_dec ← geometric median of a normalised batch x_n: (B, d) (docs/method.md §1.1)."""
         self.b_dec.copy_(geometric_median(x_n.float()).to(self.b_dec.dtype))
         self.b_dec_initialized.fill_(True)
 

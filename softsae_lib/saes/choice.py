@@ -8,7 +8,7 @@ affinity is a more important match):
   Inference: BatchTopK's global threshold θ.
 * **Feature Choice** (FC): feature j matches at most m_j tokens, its top-m_j in the batch, with
   Σ_j m_j = k·B. Capacities are uniform (m_j = kB/F, rounded by largest remainder) or Zipf-shaped.
-  Tokens get a variable number of features. Inference [ours, sae-variants §6]: per-feature
+  Tokens get a variable number of features. Inference [ours, docs/sae-variants.md §6]: per-feature
   thresholds θ_j = EMA of the smallest activation feature j kept per batch; f_j = r_j·1[r_j > θ_j].
 
 Both replace AuxK by the aux-Zipf **variant** of :mod:`softsae_lib.saes.zipf` (the paper's exact

@@ -1,7 +1,7 @@
 """Matryoshka BatchTopK SAE (Bussmann, Nabeshima, Karvonen, Nanda 2025, arXiv 2503.17547).
 
 The dictionary is split into contiguous groups of sizes s_1…s_M (prefix widths m_j = Σ_{t≤j} s_t).
-Activation is one BatchTopK over the whole dictionary (sae-variants §5, Bussmann version); every
+Activation is one BatchTopK over the whole dictionary (docs/sae-variants.md §5, Bussmann version); every
 prefix must reconstruct x on its own:
 
     x̂⁽ʲ⁾ = Σ_{i<m_j} f_i d_i + b_dec,     L = Σ_{j=1}^{M} ‖x − x̂⁽ʲ⁾‖²   (paper; the trainer adds AuxK)
@@ -10,7 +10,7 @@ AuxK uses the residual of the full reconstruction x̂⁽ᴹ⁾. Inference uses B
 θ (EMA of the smallest kept activation, or :meth:`calibrate_threshold`); ``encode_prefix`` keeps
 only the first m_j latents, so any prefix is usable as a coarser SAE.
 
-Choices where the sources differ (documented per sae-variants §5):
+Choices where the sources differ (see docs/sae-variants.md §5):
 * Weighting: ``prefix_loss="sum"`` is the paper's Σ_j (each term ‖·‖² summed over d, mean over the
   batch); ``"mean"`` divides by M (dictionary_learning's w_j = 1/M without its extra 1/G). The
   official repo also adds a b_dec-only term; we do not.

@@ -1,4 +1,4 @@
-"""ReLU SAE with decoder-norm-weighted L1 (Anthropic "April 2024 update"; sae-variants §1b).
+"""ReLU SAE with decoder-norm-weighted L1 (Anthropic "April 2024 update"; docs/sae-variants.md §1b).
 
 f = ReLU(W_encᵀx + b_enc) (no pre-encoder bias), x̂ = f W_dec + b_dec,
 L = E‖x − x̂‖² + λ Σ_i f_i‖d_i‖. Decoder norms are free (initialised at 0.1) and there is no

@@ -1,13 +1,13 @@
 """SoftSAE (Stępień et al. 2026, arXiv 2605.06610): a per-input budget k̂(x) and LapSum soft top-k.
 
-Forward (reference ``softsae-reference.md`` §1.2), with x̃ = x_n − b_dec:
+Forward (``docs/method.md`` §1.2), with x̃ = x_n − b_dec:
 
     r  = ReLU(W_encᵀx̃ + b_enc)                                  (B, F)
     k̂  = clamp(k_max · σ(w₂ᵀ ReLU(A x̃ + c) + b₂), 1, F)           (B,)  "Dynamic Sparsity MLP"
     soft (training): z = r ⊙ soft_topk(r, k̂, α)
     hard (inference, final training phase): z = per-row top-⌊k̂⌋ of r, k̂ under no_grad
 
-Loss (§1.3): ‖x_n − x̂_n‖² + λ_k · softplus_β(mean_b k̂ − k(t)), β = 5, plus AuxK (trainer).
+Loss (docs/method.md §1.3): ‖x_n − x̂_n‖² + λ_k · softplus_β(mean_b k̂ − k(t)), β = 5, plus AuxK (trainer).
 
 Choices, relative to the official code:
 * k_max = 2k as in the LLM copy (the CLIP copy's k-annealing makes it 2d; we do not follow that).

@@ -1,5 +1,5 @@
 """Sparsemax cross-attention SAE (Wang, Zhang, Su, Huang 2026, "Improving Sparse Autoencoder with
-Dynamic Attention", arXiv 2604.14925; official code qyj-bkjx/Sparsemax-SAE, sae-variants §7).
+Dynamic Attention", arXiv 2604.14925; official code qyj-bkjx/Sparsemax-SAE, docs/sae-variants.md §7).
 
 The input is a query against a learned concept dictionary C ∈ ℝ^{F×d} with key and value
 projections W_K, W_V ∈ ℝ^{d×d}:

@@ -1,5 +1,5 @@
 """Tree SAE (Cao, Nhat, Alharbi, Nguyen, Thai 2026, arXiv 2605.07922; code tue147/tree-sae;
-sae-variants §8).
+docs/sae-variants.md §8).
 
 The dictionary is split into L privilege layers of sizes s_1…s_L with per-layer budgets k_1…k_L.
 Every feature of layer l ≥ 2 has one parent: a feature of an earlier layer or the always-active
@@ -22,7 +22,7 @@ root (layer 1 hangs from the root). With z = W_encᵀ(x − b_dec) + b_enc:
 Choices of ours (the sources are silent or we deliberately differ):
 * The library's dataset normalisation replaces the paper's per-token standardisation (N3), so all
   architectures in a comparison see the same inputs; there is an encoder bias b_enc (the code has
-  none). AuxK has no b_dec (sae-variants §0; the code adds it).
+  none). AuxK has no b_dec (docs/sae-variants.md §0; the code adds it).
 * Dead tracking, AuxK and reallocation use this model's own counters (``dead_tokens``), since the
   trainer's dead mask is not passed to models; the trainer's AuxK is off (``uses_auxk = False``).
 * The trainer's annealed k is ignored: per-layer budgets are fixed, as in the code.

@@ -3,7 +3,7 @@
 Source: Ayonrinde 2024, arXiv 2411.02124. Its abstract and reviews establish that (i) Feature Choice
 gives every feature j a token capacity m_j, set from a Zipf fit to feature densities, and (ii)
 ``aux_zipf_loss`` "generalises aux_k_loss to mitigate dead *and underutilised* features". The method
-section could not be retrieved from public sources (sae-variants §6 marks it unverified), so the
+section could not be retrieved from public sources (docs/sae-variants.md §6 marks it unverified), so the
 exact formulas here are **our documented variant**, not the paper's:
 
 * **Zipf profile** [ours]: the feature of rank r (1 = most used) gets weight r^(−s); weights are
@@ -11,7 +11,7 @@ exact formulas here are **our documented variant**, not the paper's:
   cannot exceed the batch size), then rounded by largest remainder so the total is exact.
 * **aux-Zipf variant** [ours]: target density of the rank-r feature ρ*_r = Zipf profile with total k
   and cap 1. A feature is *underused* when its running density is below γ·ρ*(its rank). The AuxK
-  construction (sae-variants §0) is applied to the underused set instead of the dead set. Dead
+  construction (docs/sae-variants.md §0) is applied to the underused set instead of the dead set. Dead
   features (density 0) are always underused, so this generalises AuxK.
 """
 

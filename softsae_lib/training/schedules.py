@@ -1,4 +1,4 @@
-"""Pure schedule functions of the step index (reference §1.4), so a resumed run needs only the step."""
+"""Pure schedule functions of the step index (docs/method.md §1.4), so a resumed run needs only the step."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One trainer for every architecture (reference §1.4 for the step and its schedules).
+"""One trainer for every architecture (``docs/method.md`` §1.4 for the step and its schedules).
 
 Per step: normalise the batch with the model's stored normalisation; on a fresh model set b_dec to
 the batch's geometric median; model loss (+ AuxK on dead latents); backward; remove the
