@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import gaussian
 
 from softsae_lib.atomic import atomic_path, atomic_write_text
 from softsae_lib.io import CONFIG_FILE, WEIGHTS_FILE, SAEFileError, load_sae, read_sae_config, save_sae
@@ -32,8 +33,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _x(n: int = 32, d: int = D, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g) * 2 + 1
+    return gaussian(n, d, seed, scale=2, shift=1)
 
 
 def _trained_like(arch: str, d: int = D, normalization: str = "scale_shift"):

@@ -5,7 +5,7 @@ without the point itself; ``idx`` (N, K) long), so one graph serves every estima
 vectorised torch in float64 on the device of the inputs.
 
 Conventions are those of scikit-dimension 0.5 (``skdim.id``), checked against it in
-``tests/test_lid.py``:
+``tests/lid/test_lid.py``:
 
 - :func:`mle` with ``normalization="k-1"`` (default) = ``skdim.id.MLE()`` (``unbiased=False``, no
   noise model) pointwise ``dimension_pw_`` with the same K neighbours; ``"k-2"`` = ``MLE(unbiased=True)``.

@@ -18,7 +18,7 @@ from softsae_lib.lid import deduplicate, knn, local_id, lpca, mle, twonn_global,
 from softsae_lib.lid import neighbors as nb
 
 skdim = pytest.importorskip("skdim")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True, scope="module")

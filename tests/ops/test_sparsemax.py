@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from builders import gaussian, step_context
 
 from softsae_lib.ops.sparsemax import sparsemax, sparsemax_support, sparsemax_threshold
-from softsae_lib.saes import SparsemaxAttentionSAE, StepContext, make_sae
+from softsae_lib.saes import SparsemaxAttentionSAE, make_sae
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 D, F = 8, 32
@@ -23,8 +24,7 @@ def _bisection_tau(s: torch.Tensor, iters: int = 200) -> torch.Tensor:
     return (lo + hi) / 2
 
 
-def _ctx(step: int = 0) -> StepContext:
-    return StepContext(step=step, total_steps=100, k=4, alpha=1e-2, hard=False)
+_ctx = step_context
 
 
 # ------------------------------------------------------------------------------------- the op
@@ -93,7 +93,7 @@ def _model(**kw) -> SparsemaxAttentionSAE:
 
 
 def _x(n: int = 64, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
+    return gaussian(n, D, seed)
 
 
 def test_forward_matches_the_published_formula() -> None:
@@ -140,10 +140,10 @@ def test_loss_is_norm_weighted_mse_and_gradient_skips_the_support() -> None:
 def test_dense_mask_is_a_cumulative_mean_and_silences_latents() -> None:
     m = _model(seed=3, dense_threshold=0.1)
     x = _x(64)
-    out1 = m.loss(x, _ctx(0))
-    m.after_step(out1, _ctx(0))
-    out2 = m.loss(x[:32], _ctx(1))
-    m.after_step(out2, _ctx(1))
+    out1 = m.loss(x, _ctx(step=0))
+    m.after_step(out1, _ctx(step=0))
+    out2 = m.loss(x[:32], _ctx(step=1))
+    m.after_step(out2, _ctx(step=1))
     rate = lambda o: (o.active & (o.pre_acts > 0)).float().mean(0)  # noqa: E731
     torch.testing.assert_close(m.dense_rate, (rate(out1) + rate(out2)) / 2)
     assert int(m.dense_batches) == 2

@@ -3,13 +3,15 @@ Tree SAE, and round-trip / training / determinism checks for all of them and the
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
 import torch
+from builders import gaussian, step_context
 
 from softsae_lib.io import load_sae, save_sae
-from softsae_lib.saes import FeatureChoiceSAE, MatryoshkaSAE, StepContext, TreeSAE, make_sae
+from softsae_lib.saes import FeatureChoiceSAE, MatryoshkaSAE, TreeSAE, make_sae
 from softsae_lib.saes.choice import feature_choice
 from softsae_lib.saes.tree import greedy_quotas
 from softsae_lib.saes.zipf import (
@@ -34,11 +36,10 @@ NEW_ARCHS = {
 
 
 def _x(n: int = 64, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
+    return gaussian(n, D, seed)
 
 
-def _ctx(step: int = 0, k: float = K, total: int = 100) -> StepContext:
-    return StepContext(step=step, total_steps=total, k=k, alpha=1e-2, hard=False)
+_ctx = functools.partial(step_context, k=K)
 
 
 def _positive(m, value: float = 5.0):
@@ -173,8 +174,8 @@ def test_feature_choice_function_and_thresholds() -> None:
         m.encode(_x())
     outs = []
     for step in range(3):
-        out = m.loss(_x(64, step), _ctx(step))
-        m.after_step(out, _ctx(step))
+        out = m.loss(_x(64, step), _ctx(step=step))
+        m.after_step(out, _ctx(step=step))
         outs.append(out)
     mins = [torch.where(o.active, o.pre_acts, torch.full_like(o.pre_acts, float("inf"))).min(0).values
             for o in outs[1:]]
@@ -198,7 +199,7 @@ def test_mutual_choice_total_active_equals_global_budget_and_uses_aux_zipf() -> 
     torch.testing.assert_close(m.density, out.active.float().mean(0))
     with torch.no_grad():
         m.density[:4] = 0.0  # dead features → underused → auxiliary loss
-    out2 = m.loss(_x(64, 1), _ctx(1))
+    out2 = m.loss(_x(64, 1), _ctx(step=1))
     assert out2.terms["aux_zipf"] > 0 and out2.terms["underused_fraction"] >= 4 / F
 
 

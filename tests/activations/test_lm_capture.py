@@ -221,7 +221,7 @@ def test_capture_benchmark_reports_consistent_figures():
     args = ["--model", "gpt2-random", "--layer", "1", "--windows", "4", "--context", "32", "--batch", "2",
             "--repeats", "1"]
     out = subprocess.run([sys.executable, "-m", "benchmarks.capture", *args],
-                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=True,
                          timeout=300)
     res = json.loads(out.stdout)
     assert res["model"] == "gpt2-random" and res["windows"] == 4 and res["text_tokens"] <= 4 * 31

@@ -1,6 +1,6 @@
-"""Run by tests/test_distributed.py under ``torchrun`` (or plainly, as one process).
+"""Run by tests/training/test_distributed.py under ``torchrun`` (or plainly, as one process).
 
-    python tests/ddp_worker.py SPEC.json OUT_DIR
+    python tests/training/ddp_worker.py SPEC.json OUT_DIR
 
 SPEC: {"arch", "model": {...config}, "train": {...TrainConfig}, "data": {"n", "d", "seed"},
        "stop_after": step or null}. Every rank writes OUT_DIR/rank<r>.pt with its model state,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
+from builders import gaussian, step_context
 
 from softsae_lib.saes import (
     ARCHITECTURES,
@@ -13,7 +15,6 @@ from softsae_lib.saes import (
     JumpReLUSAE,
     ReLUSAE,
     SoftSAE,
-    StepContext,
     TopKSAE,
     make_sae,
 )
@@ -38,14 +39,10 @@ def _make(arch: str, **kw):
 
 
 def _x(n: int = 64, d: int = D, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g) * scale
+    return gaussian(n, d, seed, scale)
 
 
-def _ctx(k: float = K, alpha: float = 1e-2, hard: bool = False, step: int = 0, total: int = 10,
-         sparsity_scale: float = 1.0) -> StepContext:
-    return StepContext(step=step, total_steps=total, k=k, alpha=alpha, hard=hard,
-                       sparsity_scale=sparsity_scale)
+_ctx = functools.partial(step_context, k=K, total=10)
 
 
 # ---------------------------------------------------------------------------------------- registry
