@@ -32,5 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     return reproduce.main(args.profile, args.only, args.out)
 
 
+def run_cli(argv: list[str] | None = None) -> int:
+    """:func:`main` for the command line: a user error (bad file, argument, data or diverged run)
+    prints one ``error:`` line naming the input and exits 2; programming errors keep their traceback."""
+    from softsae_lib.training.trainer import TrainingError
+
+    try:
+        return main(argv)
+    except (ValueError, OSError, TrainingError) as err:
+        print(f"python -m softsae_lib: error: {err}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli())

@@ -51,7 +51,19 @@ def _load(path: str):
         return ActivationCache(p)  # read row-wise from its memory-mapped shards
     if p.suffix != ".npy":
         raise ValueError(f"--data {path}: expected a .npy file or an activation-cache folder")
-    x = np.load(p, mmap_mode="r")
+    if not p.is_file():
+        raise ValueError(f"--data {path}: file not found")
+    with open(p, "rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":  # numpy would suggest unpickling it: never
+            raise ValueError(f"--data {path}: not a .npy file (no NUMPY header)")
+    try:
+        x = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"--data {path}: not a readable numeric .npy file (truncated, or holding "
+                         f"Python objects): {err}") from None
+    if not isinstance(x, np.ndarray) or not (np.issubdtype(x.dtype, np.floating)
+                                             or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"--data {path}: expected a numeric array, got dtype {getattr(x, 'dtype', type(x))}")
     if x.ndim != 2:
         raise ValueError(f"--data {path}: expected a 2-D array (N, d_model), got shape {x.shape}")
     return x
@@ -70,6 +82,26 @@ def _overrides(items: list[str]) -> dict:
     return out
 
 
+def _check_overrides(arch: str, values: dict) -> None:
+    """Refuse --set values of the wrong kind before they reach the model (naming the field)."""
+    from softsae_lib.saes import ARCHITECTURES
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"--arch {arch!r}: unknown; known: {sorted(ARCHITECTURES)}")
+    types = {f.name: str(f.type) for f in dataclasses.fields(ARCHITECTURES[arch].config_cls)}
+    for key, value in values.items():
+        if key not in types:
+            raise ValueError(f"--set {key}: not a config field of --arch {arch} (fields: {sorted(types)})")
+        t = types[key]
+        wrong = ((isinstance(value, str) and "str" not in t and "Literal" not in t)
+                 or (isinstance(value, bool) and "bool" not in t)
+                 or (value is None and "None" not in t)
+                 or (isinstance(value, (list, dict)) and not any(w in t for w in ("tuple", "list", "dict"))))
+        if wrong:
+            raise ValueError(f"--set {key}={value!r}: expected a value of type {t} (JSON, e.g. "
+                             f"--set {key}=0.5)")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -80,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
     from softsae_lib.training import distributed as dist_
     from softsae_lib.training.trainer import train_sae
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is a file, not a folder")
     info = dist_.init_from_env()
     device = args.device
     if device == "cuda" and info.world_size > 1:
@@ -87,10 +122,10 @@ def run(args: argparse.Namespace) -> int:
     data = _load(args.data)
     extra = {"k": args.k} if args.k is not None else {}
     extra.update(_overrides(args.set))
+    _check_overrides(args.arch, extra)
     d_model = int(data.d if hasattr(data, "d") else data.shape[1])
     model = make_sae(args.arch, d_model=d_model, dict_size=args.dict_size, seed=args.model_seed,
                      **extra)
-    out = Path(args.out)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       warmup_steps=args.warmup_steps, seed=args.seed, device=device,
                       autocast_bf16=args.bf16, checkpoint_dir=str(out),
