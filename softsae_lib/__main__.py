@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    from softsae_lib.training.trainer import TrainingError  # a diverged run is the user's to fix too
+
     try:
         if args.command == "train":
             from softsae_lib.training import cli
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         from softsae_lib import reproduce
 
         return reproduce.main(args.profile, args.only, args.out)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, TrainingError) as err:
         if args.debug:
             raise
         print(f"{ap.prog} {args.command}: error: {err}", file=sys.stderr)

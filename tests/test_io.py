@@ -11,7 +11,15 @@ import torch
 from builders import gaussian
 
 from softsae_lib.atomic import atomic_path, atomic_write_text
-from softsae_lib.io import CONFIG_FILE, WEIGHTS_FILE, SAEFileError, load_sae, read_sae_config, save_sae
+from softsae_lib.io import (
+    CONFIG_FILE,
+    SAEFileError,
+    config_digest,
+    load_sae,
+    read_sae_config,
+    save_sae,
+    weights_path,
+)
 from softsae_lib.saes import ARCHITECTURES, make_sae
 
 D, F, K = 8, 24, 3
@@ -78,7 +86,8 @@ def test_no_temp_files_left(tmp_path: Path) -> None:
     m = _trained_like("soft")
     save_sae(m, tmp_path / "a")
     save_sae(m, tmp_path / "a")  # overwriting an existing save too
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE])
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted([CONFIG_FILE, weights_path(tmp_path / "a").name])
 
 
 def test_overwrite_replaces_old_model(tmp_path: Path) -> None:
@@ -91,20 +100,20 @@ def test_overwrite_replaces_old_model(tmp_path: Path) -> None:
 
 def test_flipped_byte_detected(tmp_path: Path) -> None:
     save_sae(_trained_like("topk"), tmp_path / "a")
-    w = tmp_path / "a" / WEIGHTS_FILE
+    w = weights_path(tmp_path / "a")
     data = bytearray(w.read_bytes())
     data[len(data) - 10] ^= 0x01  # inside the tensor payload, so safetensors itself would not notice
     w.write_bytes(bytes(data))
-    with pytest.raises(SAEFileError, match=WEIGHTS_FILE) as info:
+    with pytest.raises(SAEFileError, match=w.name) as info:
         load_sae(tmp_path / "a")
     assert "checksum" in str(info.value)
 
 
 def test_truncated_weights_detected(tmp_path: Path) -> None:
     save_sae(_trained_like("soft"), tmp_path / "a")
-    w = tmp_path / "a" / WEIGHTS_FILE
+    w = weights_path(tmp_path / "a")
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
-    with pytest.raises(SAEFileError, match=WEIGHTS_FILE):
+    with pytest.raises(SAEFileError, match=w.name):
         load_sae(tmp_path / "a")
 
 
@@ -112,11 +121,12 @@ def test_unreadable_safetensors_with_matching_checksum(tmp_path: Path) -> None:
     import hashlib
 
     save_sae(_trained_like("topk"), tmp_path / "a")
-    w = tmp_path / "a" / WEIGHTS_FILE
+    w = weights_path(tmp_path / "a")
     w.write_bytes(b"not a safetensors file at all")
     cfg = tmp_path / "a" / CONFIG_FILE
     doc = json.loads(cfg.read_text())
     doc["weights_sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
+    doc["config_sha256"] = config_digest(doc)
     cfg.write_text(json.dumps(doc))
     with pytest.raises(SAEFileError, match="cannot read safetensors"):
         load_sae(tmp_path / "a")
@@ -124,7 +134,7 @@ def test_unreadable_safetensors_with_matching_checksum(tmp_path: Path) -> None:
 
 def test_missing_weights(tmp_path: Path) -> None:
     save_sae(_trained_like("topk"), tmp_path / "a")
-    (tmp_path / "a" / WEIGHTS_FILE).unlink()
+    (weights_path(tmp_path / "a")).unlink()
     with pytest.raises(SAEFileError, match="not found"):
         load_sae(tmp_path / "a")
 
@@ -149,6 +159,7 @@ def _edit_config(folder: Path, fn) -> None:
     path = folder / CONFIG_FILE
     doc = json.loads(path.read_text())
     fn(doc)
+    doc["config_sha256"] = config_digest(doc)  # re-sealed: these tests check what lies past the checksum
     path.write_text(json.dumps(doc))
 
 
@@ -188,20 +199,21 @@ def test_weights_of_another_shape(tmp_path: Path) -> None:
     """d=8 weights next to a d=16 config whose checksum matches them: a shape error, not a crash."""
     save_sae(_trained_like("soft", d=16), tmp_path / "big")
     save_sae(_trained_like("soft", d=8), tmp_path / "small")
-    shutil.copyfile(tmp_path / "small" / WEIGHTS_FILE, tmp_path / "big" / WEIGHTS_FILE)
+    shutil.copyfile(weights_path(tmp_path / "small"), weights_path(tmp_path / "big"))
     small_sha = read_sae_config(tmp_path / "small")["weights_sha256"]
     _edit_config(tmp_path / "big", lambda d: d.update(weights_sha256=small_sha))
     with pytest.raises(SAEFileError, match="shape mismatches") as info:
         load_sae(tmp_path / "big")
     msg = str(info.value)
-    assert WEIGHTS_FILE in msg and "W_enc" in msg and "(8, 24)" in msg and "(16, 24)" in msg
+    assert weights_path(tmp_path / "big").name in msg and "W_enc" in msg
+    assert "(8, 24)" in msg and "(16, 24)" in msg
 
 
 def test_weights_of_another_arch(tmp_path: Path) -> None:
     """TopK weights under a SoftSAE config (checksum patched): missing k-estimator tensors named."""
     save_sae(_trained_like("soft"), tmp_path / "soft")
     save_sae(_trained_like("topk"), tmp_path / "topk")
-    shutil.copyfile(tmp_path / "topk" / WEIGHTS_FILE, tmp_path / "soft" / WEIGHTS_FILE)
+    shutil.copyfile(weights_path(tmp_path / "topk"), weights_path(tmp_path / "soft"))
     sha = read_sae_config(tmp_path / "topk")["weights_sha256"]
     _edit_config(tmp_path / "soft", lambda d: d.update(weights_sha256=sha))
     with pytest.raises(SAEFileError, match="missing.*k_est_W1"):
@@ -212,7 +224,7 @@ def test_weights_from_another_save_detected(tmp_path: Path) -> None:
     save_sae(_trained_like("topk"), tmp_path / "a")
     m = make_sae("topk", d_model=D, dict_size=F, k=K, seed=99)
     save_sae(m, tmp_path / "b")
-    shutil.copyfile(tmp_path / "b" / WEIGHTS_FILE, tmp_path / "a" / WEIGHTS_FILE)
+    shutil.copyfile(weights_path(tmp_path / "b"), weights_path(tmp_path / "a"))
     with pytest.raises(SAEFileError, match="checksum"):
         load_sae(tmp_path / "a")
 

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from softsae_lib.activations.manifest import inside, manifest_problem
 from softsae_lib.atomic import atomic_path, atomic_write_text, sha256_file
 
 FORMAT = "softsae_lib.activation_cache"
@@ -80,13 +81,18 @@ def read_manifest(root: str | Path) -> dict | None:
         return None
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CacheCorruptError(f"{path}: not valid JSON ({err})") from err
-    if doc.get("format") != FORMAT:
-        raise CacheError(f"{path}: not an activation cache (format {doc.get('format')!r})")
-    if doc.get("format_version", 0) > FORMAT_VERSION:
-        raise CacheError(f"{path}: format version {doc['format_version']} is newer than this code's "
-                         f"{FORMAT_VERSION}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CacheCorruptError(f"{path}: not valid UTF-8 JSON ({err})") from err
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        what = doc.get("format") if isinstance(doc, dict) else f"a JSON {type(doc).__name__}"
+        raise CacheError(f"{path}: not an activation cache (format {what!r})")
+    version = doc.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CacheError(f"{path}: format version {version!r} is not supported (this code reads "
+                         f"≤ {FORMAT_VERSION})")
+    problem = manifest_problem(path.parent, doc, DTYPES, VECTOR_KEY)
+    if problem:
+        raise CacheCorruptError(f"{path}: {problem}")
     return doc
 
 
@@ -178,6 +184,14 @@ class CacheWriter:
             col = col.detach().cpu().numpy() if isinstance(col, torch.Tensor) else np.asarray(col)
             if col.shape != (x.shape[0],):
                 raise ValueError(f"append: column {name!r} has shape {col.shape}, expected ({x.shape[0]},)")
+            if not (np.issubdtype(col.dtype, np.integer) or col.dtype == np.bool_):
+                # astype would silently truncate 1.7 to 1: only whole-valued floats are accepted
+                ok = (np.isfinite(col) & (col == np.round(col)) if np.issubdtype(col.dtype, np.floating)
+                      else np.zeros(col.shape, dtype=bool))
+                if not ok.all():
+                    bad = int(np.nonzero(~ok)[0][0])
+                    raise ValueError(f"append: column {name!r} must hold integers; row {bad} of this "
+                                     f"batch is {col[bad]!r} ({col.dtype})")
             rows[name] = col.astype(np.int64, copy=False)
         if x.shape[0]:
             self._buffer.append(rows)
@@ -284,6 +298,8 @@ class ActivationCache:
             if entry is None:
                 raise KeyError(f"no column {key!r}; the cache has {[VECTOR_KEY, *self.columns]}")
             path = self.root / entry["file"]
+            if not inside(self.root, entry["file"]):  # the manifest was checked; this is the read site
+                raise CacheCorruptError(f"{path}: shard file is not inside {self.root}")
             try:
                 array = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as err:
@@ -291,6 +307,9 @@ class ActivationCache:
             expected = (self.shard_rows[i], self.d) if key == VECTOR_KEY else (self.shard_rows[i],)
             if array.shape != expected:
                 raise CacheCorruptError(f"{path}: shape {array.shape}, manifest says {expected}")
+            want = self.dtype if key == VECTOR_KEY else "int64"
+            if array.dtype != np.dtype(want):
+                raise CacheCorruptError(f"{path}: dtype {array.dtype}, manifest says {want}")
             self._maps[(i, key)] = array
         return self._maps[(i, key)]
 

@@ -57,9 +57,18 @@ def mle(dist: Tensor, k: int | None = None, normalization: Literal["k-1", "k-2",
         k: number of neighbours K (default: all columns; K ≥ 2).
         normalization: the constant c.
     Returns:
-        (N,) float64. A zero distance (duplicate point) gives 0 (NaN if T_K = 0 too); equal T_1..T_K give inf.
+        (N,) float64; equal T_1..T_K give inf.
+    Raises:
+        ValueError: a zero distance (a duplicate point; ln 0 would give 0 or NaN), naming the rows.
     """
     d = _dist(dist, k, 2)
+    zero = (d <= 0).any(dim=1)
+    if bool(zero.any()):
+        rows = zero.nonzero().flatten()
+        raise ValueError(
+            f"mle: {rows.numel()} of {d.shape[0]} points have a zero neighbour distance (first: row "
+            f"{int(rows[0])}), i.e. duplicate points. Zero distances break the ID estimators: build the "
+            f"distances with knn(..., duplicates='exclude') or 'dedupe', or call deduplicate() first.")
     kk = d.shape[1]
     c = {"k-1": kk - 1, "k-2": kk - 2, "k": kk}[normalization]
     logs = d.log()

@@ -12,6 +12,14 @@ import torch
 __all__ = ["topk_mask", "per_row_topk", "batch_topk"]
 
 
+def _check_no_nan(x: torch.Tensor, name: str) -> None:
+    """torch.topk ranks NaN above every number: refuse it rather than select it."""
+    if x.is_floating_point() and x.numel() and bool(torch.isnan(x.sum())):  # one cheap reduction
+        bad = torch.isnan(x).reshape(x.shape[0], -1).any(dim=1).nonzero()
+        if bad.numel():
+            raise ValueError(f"{name}: x has NaN in row {int(bad[0])} ({bad.shape[0]} row(s) affected)")
+
+
 def _row_counts(x: torch.Tensor, k: torch.Tensor | float | int) -> torch.Tensor:
     """⌊k⌋ per row as a long tensor of shape (B,); validates range against n = x.shape[-1]."""
     if x.dim() != 2:
@@ -35,6 +43,7 @@ def _row_counts(x: torch.Tensor, k: torch.Tensor | float | int) -> torch.Tensor:
 
 def _per_row_indices(x: torch.Tensor, k) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     counts = _row_counts(x, k)
+    _check_no_nan(x, "top-k")
     kmax = int(counts.max()) if counts.numel() else 0
     vals, idx = torch.topk(x, kmax, dim=-1, sorted=True)
     keep = torch.arange(kmax, device=x.device).unsqueeze(0) < counts.unsqueeze(1)
@@ -65,6 +74,7 @@ def batch_topk(x: torch.Tensor, k: float | int) -> torch.Tensor:
     if not 0 <= float(k) <= x.shape[1]:  # also rejects NaN; int() would truncate −0.5·B to 0
         raise ValueError(f"batch_topk: k = {float(k)} (mean budget per row) is outside "
                          f"[0, n={x.shape[1]}]")
+    _check_no_nan(x, "batch_topk")
     total = min(int(k * x.shape[0]), x.numel())
     flat = x.reshape(-1)
     vals, idx = torch.topk(flat, total, sorted=False)

@@ -45,6 +45,9 @@ _EXP_FLOOR = {torch.float32: -87.0, torch.float64: -708.0}
 # p below this is returned as 0 (≈ 2^-100 / 2^-1000): far below the rounding error of
 # any row sum Σp = k ≥ 1e-20, so Σp = k is unaffected, and no denormals reach later products.
 _FLUSH_BELOW = {torch.float32: 2.0**-100, torch.float64: 2.0**-1000}
+# Rows whose (max − min)/α exceeds this get exact pairwise log sums (error of the pivot-centred
+# ones grows like span/α · 2^-53).
+_EXACT_SPAN = 1e8
 
 
 def window_size(k_max: float, n: int) -> int:
@@ -80,12 +83,30 @@ def _log1p_exp(v: torch.Tensor) -> torch.Tensor:
     return torch.logaddexp(torch.zeros_like(v), v)
 
 
+def _exact_log_sums(s: torch.Tensor, tail: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ln A_p, ln B_p) of every window knot from pairwise differences, (R, K) each.
+
+    O(K²) per row, used only for rows whose span/α exceeds ``_EXACT_SPAN`` (α far below the
+    values' resolution): every term is formed relative to its own knot, so a tie counts exactly 1.
+    """
+    K = s.shape[1]
+    d = (s.unsqueeze(1) - s.unsqueeze(2)) / alpha  # d[r, p, i] = (s_i − s_p)/α
+    after = torch.ones(K, K, dtype=torch.bool, device=s.device).triu(1)  # i > p
+    ninf = -math.inf
+    ln_a = torch.logsumexp(d.masked_fill(~after, ninf), dim=2)
+    ln_a = torch.logaddexp(ln_a, (s[:, -1:] - s) / alpha + torch.log(tail).unsqueeze(1))
+    ln_b = torch.logsumexp((-d).masked_fill(~after.T, ninf), dim=2)
+    return ln_a, ln_b
+
+
 def _solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha: float,
                      n: int) -> torch.Tensor:
     """Threshold t per row from the sorted window.
 
     s: (B, K) descending window values (float64); tail: (B,) T relative to s_{K−1};
-    k: (B,) budgets in (0, n); returns t: (B,) float64.
+    k: (B,) budgets in (0, n); returns (ref, off): (B,) float64 each, with t = ref + α·off and ref
+    a window value, so that (x − t)/α = (x − ref)/α − off stays exact when α is below ref's
+    resolution (ref + α·off would round to ref and put p = ½ on a whole tie block).
     """
     B, K = s.shape
     rows = torch.arange(B, device=s.device)
@@ -99,6 +120,9 @@ def _solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha
     ln_tail = z[:, -1] + torch.log(tail)
     ln_b = z + prefix
     ln_a = -z + torch.logaddexp(suffix, ln_tail.unsqueeze(1))
+    far = (s[:, 0] - s[:, -1]) / alpha > _EXACT_SPAN
+    if bool(far.any()):  # |z| so large that the pivot-centred sums lose tie multiplicities
+        ln_a[far], ln_b[far] = _exact_log_sums(s[far], tail[far], alpha)
     # Soft count at each knot: Φ(s_p) = p + ½ + ½(A_p − B_p); non-decreasing, flat across ties.
     idx = torch.arange(K, device=s.device, dtype=s.dtype)
     phi = idx + 0.5 + 0.5 * (torch.exp(ln_a) - torch.exp(ln_b))
@@ -114,17 +138,19 @@ def _solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha
     ln1a = _log1p_exp(ln_a[rows, l1])  # ln(1 + A_{l+1})
     ln1b = _log1p_exp(ln_b[rows, l])  # ln(1 + B_l)
     d = k - (l + 1).to(k.dtype)
-    delta = z[rows, l] - z[rows, l1]
+    delta = (s[rows, l] - s[rows, l1]) / alpha  # not z[l] − z[l1]: exact however large |z| is
     ln_q = ln1a + ln1b - delta
     # ln R with R = |d| + sqrt(d² + q), never forming q or 1/q explicitly.
     ln_d = torch.log(d.abs())
     w = 0.5 * ln_q - ln_d
     ln_r = torch.where(w >= 0, 0.5 * ln_q + torch.asinh(torch.exp(-w.clamp(min=0))),
                        ln_d + torch.log1p(torch.sqrt(1 + torch.exp(2 * w.clamp(max=0)))))
-    t = torch.where(d >= 0, s[rows, l1] + alpha * (ln1a - ln_r), s[rows, l] - alpha * (ln1b - ln_r))
-    t_upper = s[:, 0] + alpha * (_log1p_exp(ln_a[:, 0]) - torch.log(2 * k))
-    t_lower = s[:, -1] - alpha * (_log1p_exp(ln_b[:, -1]) - torch.log(2 * (n - k)))
-    return torch.where(upper, t_upper, torch.where(lower, t_lower, t))
+    ref = torch.where(d >= 0, s[rows, l1], s[rows, l])
+    off = torch.where(d >= 0, ln1a - ln_r, ln_r - ln1b)
+    off_upper = _log1p_exp(ln_a[:, 0]) - torch.log(2 * k)
+    off_lower = torch.log(2 * (n - k)) - _log1p_exp(ln_b[:, -1])
+    ref = torch.where(upper, s[:, 0], torch.where(lower, s[:, -1], ref))
+    return ref, torch.where(upper, off_upper, torch.where(lower, off_lower, off))
 
 
 @dataclass
@@ -156,19 +182,24 @@ def _lapsum_forward(x: torch.Tensor, k: torch.Tensor, alpha: float, window: int 
     # Exponents below the smallest normal number are clamped there: libm's slow path for
     # underflowing exp costs ~10x, and the clamped terms (< 1e-38 each) are far below the
     # dtype's resolution of any sum that matters. The window is zeroed after the exp.
-    buf.mul_(1.0 / alpha).clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_()
+    if 1.0 / alpha < torch.finfo(x.dtype).max:
+        buf.mul_(1.0 / alpha).clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_()
+    else:  # 1/α overflows x's dtype: 0·∞ = NaN for ties with s_{K−1}; divide in float64 instead
+        buf = buf.double().div_(alpha).clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_().to(x.dtype)
     buf.scatter_(1, win_idx, 0.0)
     tail = buf.sum(dim=1).to(wdt)
     s64 = s.to(wdt)
     zero_rows = kk <= 0
     full_rows = kk >= n
     k_safe = torch.where(zero_rows | full_rows, torch.full_like(kk, n / 2), kk)
-    t = _solve_threshold(s64, tail, k_safe, alpha, n)
-    t = torch.where(zero_rows, math.inf, torch.where(full_rows, -math.inf, t))
+    ref, off = _solve_threshold(s64, tail, k_safe, alpha, n)
+    t = torch.where(zero_rows, math.inf, torch.where(full_rows, -math.inf, ref + alpha * off))
+    special = zero_rows | full_rows  # t = ±∞; otherwise (x − t)/α = (x − ref)/α − off, exactly
     # Off-window p_j = ½ e^{(x_j − t)/α} = buf_j · ½ e^{(s_{K−1} − t)/α} (exponent ≤ 0).
-    gamma = 0.5 * torch.exp((s64[:, -1] - t) / alpha)
+    gamma = 0.5 * torch.exp(torch.where(special, (s64[:, -1] - t) / alpha, (s64[:, -1] - ref) / alpha - off))
     buf.mul_(gamma.to(x.dtype).unsqueeze(1))
-    u_win = (s64 - t.unsqueeze(1)) / alpha
+    u_win = torch.where(special.unsqueeze(1), (s64 - t.unsqueeze(1)) / alpha,
+                        (s64 - ref.unsqueeze(1)) / alpha - off.unsqueeze(1))
     p_win = _laplace_cdf(u_win)
     buf.scatter_(1, win_idx, p_win.to(x.dtype))
     # Flush negligible p to exact zeros: denormals (and the products they make downstream,
@@ -280,6 +311,8 @@ def _prepare(x: torch.Tensor, k, alpha) -> tuple[torch.Tensor, torch.Tensor, flo
     if not x.is_floating_point():
         raise ValueError(f"soft_topk: x must be floating point, got {x.dtype}")
     n = x.shape[-1]
+    if n == 0:
+        raise ValueError(f"soft_topk: x of shape {tuple(x.shape)} has an empty last dimension (n = 0)")
     lead = x.shape[:-1]
     kdt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     if isinstance(k, torch.Tensor):
@@ -307,6 +340,18 @@ def _prepare(x: torch.Tensor, k, alpha) -> tuple[torch.Tensor, torch.Tensor, flo
     return x2, k_b.reshape(-1, 1).to(x2.dtype), alpha_val, alpha_t
 
 
+def _check_window(window: int | None, k2: torch.Tensor, n: int) -> None:
+    """A user window must be an int ≥ 1 that holds the threshold (else Σp = k silently breaks)."""
+    if window is None:
+        return
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"soft_topk: window must be an int ≥ 1 or None, got {window!r}")
+    need = window_size(float(k2.max()), n) if k2.numel() else 1
+    if window < need:
+        raise ValueError(f"soft_topk: window={window} is too small for max k = {float(k2.max()):g} "
+                         f"(n = {n}); it must be ≥ {need} = min(n, 2·⌈k⌉ + 2), or None")
+
+
 def soft_topk(x: torch.Tensor, k: torch.Tensor | float, alpha: torch.Tensor | float,
               window: int | None = None) -> torch.Tensor:
     """LapSum soft top-k mask along the last dimension.
@@ -321,10 +366,11 @@ def soft_topk(x: torch.Tensor, k: torch.Tensor | float, alpha: torch.Tensor | fl
         p: (..., n) in x's dtype with p ∈ [0, 1] and Σ_j p_j = k per row (to rounding).
 
     Raises:
-        ValueError: naming the argument or row when k ∉ [0, n], α ≤ 0, x is not finite, or
-        k's shape does not broadcast to (..., 1).
+        ValueError: naming the argument or row when k ∉ [0, n], α ≤ 0, x is not finite or has
+        n = 0, k's shape does not broadcast to (..., 1), or ``window`` is not an int ≥ the exact size.
     """
     x2, k2, alpha_val, alpha_t = _prepare(x, k, alpha)
+    _check_window(window, k2, x.shape[-1])
     if x2.numel() == 0:
         return torch.zeros_like(x)
     p = _SoftTopK.apply(x2, k2, alpha_t, alpha_val, window)
@@ -355,6 +401,7 @@ def soft_topk_gate(x: torch.Tensor, k: torch.Tensor | float, alpha: float,
     threshold and the hard top-⌊k⌋ come for free from the forward pass (see :class:`GateOutput`).
     """
     x2, k2, alpha_val, _ = _prepare(x, k, alpha)
+    _check_window(window, k2, x.shape[-1])
     lead = x.shape[:-1]
     if x2.numel() == 0:
         empty = x.new_zeros(lead)

@@ -1,10 +1,19 @@
-"""Resumable training checkpoints, written atomically (``checkpoint.pt`` in the run folder)."""
+"""Resumable training checkpoints, written atomically (``checkpoint.pt`` in the run folder).
+
+The file holds only tensors and plain Python values and is read with ``torch.load(weights_only=True)``,
+so a crafted checkpoint cannot run code; its structure is checked before anything is restored. It
+also records a fingerprint of the training data (:func:`data_fingerprint`), so that resuming on
+different data is refused instead of silently mixing two data sets.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from softsae_lib.atomic import atomic_path
@@ -12,10 +21,41 @@ from softsae_lib.atomic import atomic_path
 CHECKPOINT_FILE = "checkpoint.pt"
 # Fields that may differ between the interrupted and the resumed run without changing the result.
 _RESUME_FREE = {"resume", "progress", "checkpoint_dir", "checkpoint_every", "log_every", "device"}
+# key -> accepted types; every key is required.
+_SCHEMA: dict[str, tuple[type, ...]] = {
+    "step": (int,), "arch": (str,), "model_config": (dict,), "train_config": (dict,),
+    "model": (dict,), "optimizer": (dict,), "since_fired": (torch.Tensor,), "history": (list,),
+    "data": (dict,),
+}
+_SAMPLE_ROWS = 64
 
 
 class CheckpointError(ValueError):
     """A checkpoint is unreadable or belongs to a different run."""
+
+
+def check_checkpoint_dir(folder: str | Path) -> None:
+    """Fail before training (not at the first checkpoint) when ``folder`` cannot hold checkpoints."""
+    path = Path(folder)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise CheckpointError(f"checkpoint_dir {folder}: {p} is a file, not a folder")
+            break
+    if path.joinpath(CHECKPOINT_FILE).is_dir():
+        raise CheckpointError(f"checkpoint_dir {folder}: {CHECKPOINT_FILE} there is a folder")
+
+
+def data_fingerprint(sample: torch.Tensor | np.ndarray, shape: tuple[int, ...], dtype: str) -> dict:
+    """Shape, dtype and SHA-256 of ``sample`` (some rows of the data, as float32)."""
+    arr = np.ascontiguousarray(torch.as_tensor(sample).detach().cpu().float().numpy())
+    return {"shape": [int(s) for s in shape], "dtype": str(dtype).removeprefix("torch."),
+            "sample_sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+
+
+def sample_rows(n: int) -> np.ndarray:
+    """Up to 64 evenly spaced row indices of an n-row array (first and last included)."""
+    return np.unique(np.linspace(0, n - 1, min(n, _SAMPLE_ROWS)).round().astype(np.int64))
 
 
 def save_checkpoint(folder: str | Path, state: dict) -> Path:
@@ -26,19 +66,41 @@ def save_checkpoint(folder: str | Path, state: dict) -> Path:
 
 
 def load_checkpoint(folder: str | Path) -> dict | None:
-    """The saved state, or None when the folder has no checkpoint yet."""
+    """The saved state (structure checked), or None when the folder has no checkpoint yet."""
     path = Path(folder) / CHECKPOINT_FILE
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused a type: old format or crafted file
+        raise CheckpointError(f"{path}: holds objects other than tensors and plain values, which are "
+                              f"not loaded (a crafted file, or a checkpoint from an older version: "
+                              f"delete it to start over) [{str(err).splitlines()[0]}]") from err
     except Exception as err:  # torch raises several types for a damaged zip/pickle
         raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err}); "
                               f"delete it to start over") from err
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: expected a dict of training state, got {type(saved).__name__}; "
+                              f"delete it to start over")
+    missing = [k for k in _SCHEMA if k not in saved]
+    if missing:
+        raise CheckpointError(f"{path}: lacks {missing} (a damaged checkpoint or one from an older "
+                              f"version); delete it to start over")
+    for key, types in _SCHEMA.items():
+        if not isinstance(saved[key], types) or (key == "step" and isinstance(saved[key], bool)):
+            raise CheckpointError(f"{path}: field {key!r} is a {type(saved[key]).__name__}, expected "
+                                  f"{'/'.join(t.__name__ for t in types)}; delete it to start over")
+    if saved["step"] < 0:
+        raise CheckpointError(f"{path}: field 'step' is {saved['step']}, expected ≥ 0")
+    bad = [k for k, v in saved["model"].items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: model state entries {bad} are not tensors")
+    return saved
 
 
-def check_compatible(path: Path, saved: dict, model_arch: str, model_cfg, train_cfg) -> None:
-    """Refuse to resume a checkpoint written by a different model or training configuration."""
+def check_compatible(path: Path, saved: dict, model_arch: str, model_cfg, train_cfg,
+                     data: dict | None = None) -> None:
+    """Refuse to resume a checkpoint written by a different model, training configuration or data."""
     if saved.get("arch") != model_arch or saved.get("model_config") != dataclasses.asdict(model_cfg):
         raise CheckpointError(f"{path}: written for arch {saved.get('arch')!r} with config "
                               f"{saved.get('model_config')}, not this {model_arch!r} model")
@@ -48,3 +110,9 @@ def check_compatible(path: Path, saved: dict, model_arch: str, model_cfg, train_
     if diff:
         raise CheckpointError(f"{path}: TrainConfig differs from the checkpointed run in {diff} "
                               f"(e.g. {diff[0]}: {then.get(diff[0])!r} → {now[diff[0]]!r})")
+    if data is not None and saved.get("data") != data:
+        then_d = saved.get("data", {})
+        which = sorted(k for k in set(data) | set(then_d) if data.get(k) != then_d.get(k))
+        raise CheckpointError(f"{path}: the training data differs from the checkpointed run's in "
+                              f"{which} (checkpoint {then_d}, now {data}); resume with the same "
+                              f"data or delete the checkpoint to start over")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass
@@ -59,12 +63,52 @@ class TrainConfig:
     """tqdm progress bar: True, False, or None for 'only when stderr is a terminal'."""
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be ≥ 1, got {self.steps}, {self.batch_size}")
-        for name in ("k_anneal_steps", "alpha_anneal_steps", "hard_topk_steps"):
+        """Check every field, so that a wrong value fails here and not as a silently wrong run."""
+        def fail(name: str, want: str) -> None:
+            raise ValueError(f"TrainConfig.{name} must be {want}, got {getattr(self, name)!r}")
+
+        def is_int(v) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                fail(name, "an int ≥ 1")
+        for name in ("warmup_steps", "sparsity_warmup_steps", "dead_threshold", "seed"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
+                fail(name, "an int ≥ 0")
+        if not is_int(self.normalization_batches) or self.normalization_batches < 1:
+            fail("normalization_batches", "an int ≥ 1")
+        for name in ("k_anneal_steps", "alpha_anneal_steps", "hard_topk_steps", "decay_start"):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be ≥ 0 or None, got {value}")
-        if self.log_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("log_every and checkpoint_every must be ≥ 1")
-        self.adam_betas = tuple(self.adam_betas)
+            if value is not None and (not is_int(value) or value < 0):
+                fail(name, "an int ≥ 0 or None")
+        if self.k_aux is not None and (not is_int(self.k_aux) or self.k_aux < 1):
+            fail("k_aux", "an int ≥ 1 or None")
+        if self.lr is not None and (not is_num(self.lr) or self.lr < 0):  # 0: a frozen run (tests)
+            fail("lr", "a finite number ≥ 0 or None")
+        # grad_clip ≤ 0 would not clip but reverse (< 0: gradient ascent) or zero (= 0) every step.
+        if self.grad_clip is not None and (not is_num(self.grad_clip) or self.grad_clip <= 0):
+            fail("grad_clip", "a finite number > 0 or None")
+        if not is_num(self.auxk_alpha) or self.auxk_alpha < 0:
+            fail("auxk_alpha", "a finite number ≥ 0")
+        if not is_num(self.divergence_factor) or self.divergence_factor <= 0:
+            fail("divergence_factor", "a finite number > 0")
+        betas = self.adam_betas
+        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+                or not all(is_num(b) and 0 <= b < 1 for b in betas)):
+            fail("adam_betas", "two numbers in [0, 1)")
+        self.adam_betas = tuple(float(b) for b in betas)
+        for name in ("autocast_bf16", "resume"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "True or False")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            fail("progress", "True, False or None")
+        for name in ("device", "checkpoint_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                fail(name, "a string or None")
+        if isinstance(self.checkpoint_dir, os.PathLike):
+            self.checkpoint_dir = os.fspath(self.checkpoint_dir)

@@ -14,7 +14,7 @@ when training reaches their step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ class BatchSource:
             self._array = data
             self.batch_size = batch_size
             self.batches_per_epoch = data.shape[0] // batch_size
+        elif isinstance(data, (str, bytes, Mapping)):  # iterable, but of characters or keys
+            raise TypeError(f"data must be a tensor, numpy array/memmap or iterable of batches, "
+                            f"got a {type(data).__name__} (load the file or pick the array first)")
         elif isinstance(data, Iterable):
             self._iterable = data
             self.batch_size = None
@@ -91,22 +94,42 @@ class BatchSource:
                 raise ValueError(f"step {step}: cannot go back to an earlier batch of a one-shot "
                                  f"iterator (at batch {self._next_step}); pass a re-iterable")
             self._iter, self._next_step = iter(self._iterable), 0
+        yielded = True  # whether the current pass has produced a batch (a fresh pass has not)
         while True:
             try:
                 item = next(self._iter)
             except StopIteration:
+                if not yielded or self._next_step == 0:  # an empty re-iterable would loop forever
+                    raise ValueError(f"step {step}: the data iterable ({type(self._iterable).__name__}) "
+                                     f"yielded no batches") from None
                 if iter(self._iterable) is self._iterable:
                     raise ValueError(f"data iterator exhausted at step {step}: it yielded "
                                      f"{self._next_step} batches; pass a re-iterable (e.g. a list or "
                                      f"DataLoader) or fewer steps") from None
                 self._iter = iter(self._iterable)  # next epoch
+                yielded = False
                 continue
+            yielded = True
             self._next_step += 1
             if self._next_step > step:
                 x = torch.as_tensor(item)
                 if keep and self.one_shot:
                     self._kept[step] = x
                 return x
+
+    def fingerprint(self) -> dict:
+        """What identifies the data for a resumed run: shape, dtype and a hash of a row sample
+        (arrays: 64 evenly spaced rows; iterables: the first global batch)."""
+        from softsae_lib.training.checkpoint import data_fingerprint, sample_rows
+
+        if self._array is not None:
+            rows = sample_rows(self._array.shape[0])
+            sample = (self._array[torch.from_numpy(rows).to(self._array.device)]
+                      if isinstance(self._array, torch.Tensor) else self._array[rows])
+            dtype = self._array.store.dtype if isinstance(self._array, _RowReader) else self._array.dtype
+            return {"kind": "array", **data_fingerprint(sample, tuple(self._array.shape), str(dtype))}
+        first = self._from_iterable(0, keep=True)
+        return {"kind": "iterable", **data_fingerprint(first, tuple(first.shape), str(first.dtype))}
 
     def batch(self, step: int, keep: bool = False, full: bool = False) -> torch.Tensor:
         """The batch for ``step``: (B/W, d) float32, this rank's slice of the global (B, d) batch

@@ -28,6 +28,7 @@ from softsae_lib.training import distributed as dist_
 from softsae_lib.training import schedules
 from softsae_lib.training.checkpoint import (
     CHECKPOINT_FILE,
+    check_checkpoint_dir,
     check_compatible,
     load_checkpoint,
     save_checkpoint,
@@ -101,6 +102,10 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
         TrainingError: a batch has NaN/Inf, or the loss is non-finite or diverges (names the step).
     """
     cfg = cfg or TrainConfig()
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    if cfg.checkpoint_dir:
+        check_checkpoint_dir(cfg.checkpoint_dir)  # fail now, not at the first checkpoint
     device = torch.device(cfg.device) if cfg.device else model.W_dec.device
     model.to(device)
     rank, world = dist_.info().rank, dist_.info().world_size
@@ -119,8 +124,9 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     saved = load_checkpoint(ckpt_dir) if (ckpt_dir and cfg.resume and rank == 0) else None
     saved = dist_.broadcast_object(saved)  # ranks on other machines need no shared file system
+    data_id = source.fingerprint() if ckpt_dir else None
     if saved is not None:
-        check_compatible(ckpt_dir / CHECKPOINT_FILE, saved, model.arch, model.config, cfg)
+        check_compatible(ckpt_dir / CHECKPOINT_FILE, saved, model.arch, model.config, cfg, data_id)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         since_fired = saved["since_fired"].to(device)
@@ -136,6 +142,7 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
             "step": next_step, "arch": model.arch, "model_config": dataclasses.asdict(model.config),
             "train_config": dataclasses.asdict(cfg), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "since_fired": since_fired.cpu(), "history": history,
+            "data": data_id,
         })
 
     k_target = getattr(model.config, "k", None)

@@ -92,9 +92,15 @@ def _decode_cifar_tar(tar_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray,
                     continue
                 parts = Path(member.name).parts
                 parts = parts[1:] if parts and parts[0] == "." else parts
+                # The split name becomes a cache file name: only plain relative names are accepted.
+                if Path(member.name).is_absolute() or ".." in parts:
+                    raise ValueError(f"{tar_path}:{member.name}: member name is absolute or leaves the "
+                                     f"archive's folder; refusing the archive")
                 if len(parts) < 3 or not parts[-1].lower().endswith(IMAGE_SUFFIXES):
                     continue
                 split, cls, name = parts[-3], parts[-2], parts[-1]
+                if not split.replace("-", "_").isidentifier():
+                    raise ValueError(f"{tar_path}:{member.name}: split name {split!r} is not a plain name")
                 if cls not in CIFAR10_CLASSES:
                     raise ValueError(f"{tar_path}:{member.name}: unknown CIFAR-10 class {cls!r}")
                 fh = tf.extractfile(member)

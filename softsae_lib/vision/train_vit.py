@@ -152,6 +152,29 @@ def _save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def _load_checkpoint(path: Path, device: str) -> dict:
+    """Read a ViT checkpoint with ``weights_only=True`` (a crafted file cannot run code) and check
+    its structure; raises ``ValueError`` naming the file and what is wrong."""
+    import pickle
+
+    try:
+        ck = torch.load(path, weights_only=True, map_location=device)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: holds objects other than tensors and plain values, which are not "
+                         f"loaded (crafted, or from an older version); delete it to start over") from err
+    except Exception as err:  # a damaged zip/pickle raises several types
+        raise ValueError(f"{path}: cannot be read ({type(err).__name__}: {err}); delete it to start "
+                         f"over") from err
+    want = {"model": dict, "optimizer": dict, "state": dict, "config": dict}
+    if not isinstance(ck, dict) or any(not isinstance(ck.get(k), t) for k, t in want.items()):
+        got = {k: type(ck.get(k)).__name__ for k in want} if isinstance(ck, dict) else type(ck).__name__
+        raise ValueError(f"{path}: not a ViT training checkpoint (expected dict fields {list(want)}, "
+                         f"got {got}); delete it to start over")
+    if not all(k in ck["state"] for k in ("step", "epochs", "elapsed", "history")):
+        raise ValueError(f"{path}: field 'state' lacks step/epochs/elapsed/history; delete it to start over")
+    return ck
+
+
 def train_vit(cfg: ViTTrainConfig, out: str | Path, ckpt_dir: str | Path | None = None,
               train: ImageSet | None = None, test: ImageSet | None = None, max_steps: int | None = None,
               log=print) -> dict:
@@ -179,7 +202,7 @@ def train_vit(cfg: ViTTrainConfig, out: str | Path, ckpt_dir: str | Path | None 
         raise ValueError(f"{len(train)} training images < batch size {cfg.batch_size}")
     state = {"step": 0, "epochs": cfg.epochs, "elapsed": 0.0, "history": []}
     if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, weights_only=False, map_location=cfg.device)
+        ck = _load_checkpoint(ckpt_path, cfg.device)
         mine = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
         theirs = {k: ck["config"].get(k, v) for k, v in mine.items()}
         if theirs != mine:
