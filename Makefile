@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?= local
 
-.PHONY: venv test reproduce bench lint clean-venv
+.PHONY: venv test reproduce report bench lint clean-venv
 
 $(STAMP): requirements-lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ $(LOCAL_STAMP): $(STAMP) requirements-local.txt
 	touch $(LOCAL_STAMP)
 
 reproduce: $(STAMP) $(LOCAL_STAMP)
-	$(BIN)/python -m softsae_lib reproduce --profile $(PROFILE) --out results
+	$(BIN)/python -m softsae_lib reproduce --profile $(PROFILE) --out results --report
+
+# results/$(PROFILE)/report/index.html from the existing results (also built by `make reproduce`).
+report: $(STAMP)
+	$(BIN)/python -m softsae_lib report --profile $(PROFILE) --out results
 
 # Every script in benchmarks/ (capture measures SmolLM2-135M, hence the local requirements).
 bench: $(STAMP) $(LOCAL_STAMP)
