@@ -182,3 +182,27 @@ def test_unrepresentable_settings_raise_naming_field_and_value(tmp_path):
         export_saelens(untrained, tmp_path / "btk")
     with pytest.raises(SAELensInteropError, match="cfg.json: not found"):
         import_saelens(tmp_path / "nothing")
+
+
+def test_import_saelens_batchtopk_saved_for_inference(tmp_path):
+    """SAELens saves a trained BatchTopK SAE for inference as a jumprelu folder; it imports as such,
+    while its training folder (architecture 'batchtopk') is refused with a pointer to the fix."""
+    from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+
+    train = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=D, d_sae=F, k=4))
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in train.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        train.topk_threshold.fill_(0.4)
+    train.save_inference_model(tmp_path / "inference")
+    lens = SAE.load_from_disk(tmp_path / "inference")
+    ours = import_saelens(tmp_path / "inference")
+    x = _raw_inputs(seed=6)
+    with torch.no_grad():
+        z = ours.encode(x)
+        torch.testing.assert_close(z, lens.encode(x), rtol=1e-5, atol=1e-5)
+        assert z[z != 0].min() > 0.4 and (z != 0).sum(-1).unique().numel() > 1
+    train.save_model(tmp_path / "training")
+    with pytest.raises(SAELensInteropError, match=r"architecture 'batchtopk'.*save_inference_model"):
+        import_saelens(tmp_path / "training")
