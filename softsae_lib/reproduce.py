@@ -211,13 +211,17 @@ def summary_table(runs: list[NotebookRun]) -> str:
     return "\n".join(lines)
 
 
-def main(profile: str, only: list[str] | None, results_root: str) -> int:
+def main(profile: str, only: list[str] | None, results_root: str, report: bool = False) -> int:
     try:
         runs = reproduce(profile, only, results_root)
     except ReproduceError as err:
         print(f"reproduce: {err}", file=sys.stderr)
         return 2
     print(summary_table(runs))
+    if report:  # also after a failure: the page shows which notebook failed and why
+        from softsae_lib.report import build_report
+
+        print(f"[reproduce] report: {build_report(results_root, profile)}")
     failed = [r for r in runs if r.status != "ok"]
     for r in failed:
         print(f"FAILED: {r.error}", file=sys.stderr)

@@ -252,3 +252,24 @@ def test_git_sha_is_dirty_for_code_changes_only(tmp_path):
     assert git_sha(tmp_path) == clean
     (tmp_path / "code.py").write_text("a = 2\n")
     assert git_sha(tmp_path) == clean + "+dirty"
+
+
+def test_report_from_smoke_results(smoke_results):
+    """`reproduce --report` on the smoke run: every notebook (linked to its rendered copy), every figure
+    and every headline number of every metrics.json is on the page."""
+    import html
+
+    from softsae_lib.report import build_report, format_number, headline_numbers
+
+    root, runs = smoke_results
+    page = build_report(root, "smoke").read_text(encoding="utf-8")
+    for run in runs:
+        folder = root / "smoke" / run.name
+        assert f'href="notebooks/{run.name}.html"' in page and f">{run.status}<" in page
+        assert (root / "smoke" / "report" / "notebooks" / f"{run.name}.html").stat().st_size > 1000
+        for fig in folder.glob("*.png"):
+            assert f'alt="{fig.name}"' in page
+        heads = headline_numbers(json.loads((folder / "metrics.json").read_text()))
+        assert heads, run.name
+        for label, value in heads:
+            assert f"{html.escape(label)} = <b>{format_number(value)}</b>" in page
