@@ -205,7 +205,7 @@ def reproduce(profile: str, only: list[str] | None = None, results_root: str | P
     return runs
 
 
-def summary_table(runs: list[NotebookRun]) -> str:
+def runs_table(runs: list[NotebookRun]) -> str:
     lines = [f"{'notebook':<28}{'status':<8}{'seconds':>8}  output"]
     lines += [f"{r.name:<28}{r.status:<8}{r.seconds:>8.0f}  {r.output}" for r in runs]
     return "\n".join(lines)
@@ -217,7 +217,7 @@ def main(profile: str, only: list[str] | None, results_root: str, report: bool =
     except ReproduceError as err:
         print(f"reproduce: {err}", file=sys.stderr)
         return 2
-    print(summary_table(runs))
+    print(runs_table(runs))
     if report:  # also after a failure: the page shows which notebook failed and why
         from softsae_lib.report import build_report
 

@@ -1,4 +1,5 @@
-"""Differentiable and hard top-k operators."""
+"""Tensor operators the SAEs are built from: soft (LapSum) and hard top-k, sparsemax, the k-estimator
+head, and the geometric median (b_dec's initialisation)."""
 
 from softsae_lib.ops.geometric_median import geometric_median
 from softsae_lib.ops.hard_topk import batch_topk, per_row_topk, topk_mask

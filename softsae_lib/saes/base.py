@@ -128,16 +128,9 @@ class SAE(nn.Module):
             raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}, "
                             f"got {type(config).__name__}")
         self.config = config
-        d, F = config.d_model, config.dict_size
+        d = config.d_model
         gen = torch.Generator().manual_seed(config.seed)
-        # nn.Linear's default init of an F→d layer, then unit-norm atoms (docs/method.md §1.1).
-        bound = 1.0 / math.sqrt(F)
-        w_dec = (torch.rand(F, d, generator=gen) * 2 - 1) * bound
-        w_dec = w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12) * self._init_decoder_norm()
-        self.W_dec = nn.Parameter(w_dec)
-        self.W_enc = nn.Parameter(w_dec.t().clone())
-        self.b_enc = nn.Parameter(torch.zeros(F))
-        self.b_dec = nn.Parameter(torch.zeros(d))
+        self._init_dictionary(gen)
         self.register_buffer("norm_shift", torch.zeros(d))
         self.register_buffer("norm_scale", torch.ones(()))
         self.register_buffer("norm_fitted", torch.tensor(config.normalization == "none"))
@@ -145,6 +138,22 @@ class SAE(nn.Module):
         self._init_extra(gen)
 
     # ------------------------------------------------------------------ hooks for subclasses
+    def _init_dictionary(self, gen: torch.Generator) -> None:
+        """Create the linear SAE's parameters W_enc (d, F), b_enc (F,), W_dec (F, d), b_dec (d,).
+
+        nn.Linear's default init of an F→d layer, then unit-norm atoms, encoder tied to the decoder's
+        transpose at the start (docs/method.md §1.1). An architecture with other parameters overrides
+        this (the shared code reads W_enc / W_dec / b_dec, which it may provide as properties).
+        """
+        d, F = self.config.d_model, self.config.dict_size
+        bound = 1.0 / math.sqrt(F)
+        w_dec = (torch.rand(F, d, generator=gen) * 2 - 1) * bound
+        w_dec = w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12) * self._init_decoder_norm()
+        self.W_dec = nn.Parameter(w_dec)
+        self.W_enc = nn.Parameter(w_dec.t().clone())
+        self.b_enc = nn.Parameter(torch.zeros(F))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+
     def _init_decoder_norm(self) -> float:
         return 1.0
 

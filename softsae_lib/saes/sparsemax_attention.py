@@ -16,7 +16,7 @@ the official code it is a registered buffer, so it is saved with the model.
 
 Equivalent SAE view (used by the shared evaluation code): codes z = ‖x‖·a are linear in the
 decoder, x̂ = z W_dec with W_dec = C W_V (F, d) and W_enc = (C W_K)ᵀ (d, F), no biases. The base
-class's W_enc / b_enc / W_dec / b_dec parameters are removed; ``W_enc`` and ``W_dec`` are read-only
+class's W_enc / b_enc / W_dec / b_dec parameters are not created; ``W_enc`` and ``W_dec`` are read-only
 views computed from C, W_K, W_V, and ``b_dec`` is a zero vector.
 
 Choices of ours:
@@ -81,36 +81,36 @@ class SparsemaxAttentionSAE(SAE):
     uses_auxk = False
     synced_buffers = ("dense_rate", "score_scale")
 
-    def _init_extra(self, gen: torch.Generator) -> None:
-        d, F = self.d_model, self.dict_size
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            delattr(self, name)
+    def _init_dictionary(self, gen: torch.Generator) -> None:
+        d, F = self.config.d_model, self.config.dict_size
+        # The (F, d) draw of the linear SAEs' decoder init, discarded: a seed gives the same model as
+        # in earlier versions of this class, whose parameters were drawn after that one.
+        torch.rand(F, d, generator=gen)
         # Official init: kaiming-uniform on Cᵀ (fan_in F) and on W_K, W_V (fan_in d).
         self.concepts = nn.Parameter(_kaiming_uniform(d, F, F, gen).t().contiguous())
         self.W_K = nn.Parameter(_kaiming_uniform(d, d, d, gen))
         self.W_V = nn.Parameter(_kaiming_uniform(d, d, d, gen))
+
+    def _init_extra(self, gen: torch.Generator) -> None:
+        F = self.dict_size
         self.register_buffer("dense_rate", torch.zeros(F))
         self.register_buffer("dense_batches", torch.zeros((), dtype=torch.long))
         self.register_buffer("score_scale", torch.ones(()))
 
-    # Read-only views of the equivalent linear SAE. They are class properties, so the base class's
-    # assignment of W_enc/W_dec parameters in __init__ registers them (removed in _init_extra).
+    # Read-only views of the equivalent linear SAE, for the shared evaluation code.
     @property
     def W_enc(self) -> torch.Tensor:
-        if "concepts" not in self._parameters:
-            raise AttributeError("W_enc")
+        """(d, F) = (C W_K)ᵀ."""
         return (self.concepts @ self.W_K).t()
 
     @property
     def W_dec(self) -> torch.Tensor:
-        if "concepts" not in self._parameters:
-            raise AttributeError("W_dec")
+        """(F, d) = C W_V."""
         return self.concepts @ self.W_V
 
     @property
     def b_dec(self) -> torch.Tensor:
-        if "concepts" not in self._parameters:
-            raise AttributeError("b_dec")
+        """(d,) zeros: this architecture has no decoder bias."""
         return self.concepts.new_zeros(self.d_model)
 
     @property
