@@ -40,8 +40,10 @@ import torch
 
 __all__ = ["GateOutput", "soft_topk", "soft_topk_gate", "window_size"]
 
-# ln of the smallest normal float, per dtype (see the tail pass in forward).
-_EXP_FLOOR = {torch.float32: -87.0, torch.float64: -708.0}
+# Floor of the tail exponents u = (x − s_{K−1})/α, per dtype: below ln of the smallest normal
+# float (libm's slow path for underflowing exp costs ~10x), and low enough that ½e^floor is under
+# the flush level below, so every floored entry ends up an exact 0 in p whatever t is.
+_EXP_FLOOR = {torch.float32: -70.0, torch.float64: -694.0}
 # p below this is returned as 0 (≈ 2^-100 / 2^-1000): far below the rounding error of
 # any row sum Σp = k ≥ 1e-20, so Σp = k is unaffected, and no denormals reach later products.
 _FLUSH_BELOW = {torch.float32: 2.0**-100, torch.float64: 2.0**-1000}
@@ -158,21 +160,14 @@ class _Forward:
     z: torch.Tensor | None = None  # (B, n) x ⊙ p, only for the gate
 
 
-def _tail_exp(x: torch.Tensor, s_last: torch.Tensor, alpha: float, out: torch.Tensor,
-              floor: torch.Tensor | None = None) -> torch.Tensor:
+def _tail_exp(x: torch.Tensor, s_last: torch.Tensor, alpha: float, out: torch.Tensor) -> torch.Tensor:
     """out = e^{clamp((x − s_{K−1})/α, floor, 0)}: (R, n) from x: (R, n), s_last: (R, 1).
 
-    Exponents below the smallest normal number are clamped there: libm's slow path for
-    underflowing exp costs ~10x, and the clamped terms (< 1e-38 each) are far below the
-    dtype's resolution of any sum that matters. ``floor``: (R, 1), a higher per-row floor (the
-    p pass), in which case the window's entries of out are left unclamped.
+    The clamped terms (< 4e-31 each in fp32) change T by far less than the dtype's resolution of
+    any sum that matters, and they are all flushed to 0 in p (see _EXP_FLOOR).
     """
     b = torch.sub(x, s_last, out=out).mul_(1.0 / alpha)
-    if floor is None:
-        return b.clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_()
-    # Only the tail is used from this pass (x ≤ s_{K−1} there, so u ≤ 0 without a clamp); the
-    # window's entries, possibly +inf, are overwritten by the caller.
-    return torch.maximum(b, floor, out=b).exp_()
+    return b.clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_()
 
 
 def _lapsum_forward(x: torch.Tensor, k: torch.Tensor, alpha: float, window: int | None,
@@ -217,13 +212,12 @@ def _forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, 
         s, win_idx = torch.sort(x, dim=1, descending=True)
     s_last = s[:, -1:]
     blocks = _row_blocks(B, n)
-    scratch = x.new_empty(blocks[0].stop - blocks[0].start, n)  # one cache-sized block, reused
-    # Tail sum T = Σ_{j ∉ window} e^{(x_j − s_{K−1})/α}, block by block through the scratch
-    # buffer: this pass only reads x (p is written once, in the second pass, by recomputing the
-    # exponentials there, which is cheaper than storing them and reading them back).
+    # Tail sum T = Σ_{j ∉ window} e^{(x_j − s_{K−1})/α}, block by block; the exponentials are
+    # kept in the output buffer and turned into p in place once t is known.
+    buf = torch.empty_like(x)
     tail_x = x.new_empty(B)
     for rb in blocks:
-        b = _tail_exp(x[rb], s_last[rb], alpha, scratch[: rb.stop - rb.start])
+        b = _tail_exp(x[rb], s_last[rb], alpha, buf[rb])
         b.scatter_(1, win_idx[rb], 0.0)
         torch.sum(b, dim=1, out=tail_x[rb])
     tail = tail_x.to(wdt)
@@ -240,20 +234,18 @@ def _forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, 
     gamma = 0.5 * torch.exp((s64[:, -1] - t) / alpha)
     u_win = (s64 - t.unsqueeze(1)) / alpha
     p_win = _laplace_cdf(u_win)
-    # Exponent floor of the p pass, per row: e^u·γ stays a normal number (a denormal product
-    # costs a ~100-cycle microcode assist per element, and most of the row sits on the floor)
-    # while every product at or below the floor is < 2^-100 and flushed below anyway, so p is
-    # bit for bit what the unclamped product gives. When γ itself is below the flush level the
-    # whole tail is zero: γ is set to 0 rather than left as a (denormal) factor.
+    # Off-window p = e^u·γ. Entries with e^u below flush/γ give p < 2^-100 and are flushed
+    # below; raising them to (just under) flush/γ first keeps every product a normal number (a
+    # denormal product costs a ~100-cycle microcode assist per element, and most of a row sits
+    # on the floor), so p is bit for bit the plain product, flushed. When γ itself is below the
+    # flush level the whole tail is zero: γ is set to 0 rather than left as a denormal factor.
     flush = _FLUSH_BELOW[x.dtype]
-    ln_gamma = torch.log(gamma)
-    floor = (math.log(flush) - 2.0 - ln_gamma).clamp(_EXP_FLOOR[x.dtype], 0.0).to(x.dtype).unsqueeze(1)
+    raise_to = (flush * (1 - 1e-5) / gamma).clamp(max=1.0).to(x.dtype).unsqueeze(1)
     gamma_x = torch.where(gamma < flush, torch.zeros_like(gamma), gamma).to(x.dtype).unsqueeze(1)
     p_win_x = p_win.to(x.dtype)
-    buf = torch.empty_like(x)
     z = torch.empty_like(x) if gate else None
     for rb in blocks:
-        b = _tail_exp(x[rb], s_last[rb], alpha, buf[rb], floor[rb]).mul_(gamma_x[rb])
+        b = torch.maximum(buf[rb], raise_to[rb], out=buf[rb]).mul_(gamma_x[rb])
         b.scatter_(1, win_idx[rb], p_win_x[rb])
         # Flush negligible p to exact zeros: denormals (and the products they make downstream,
         # e.g. r ⊙ p in SoftSAE) slow every later matmul by an order of magnitude on x86 CPUs.
