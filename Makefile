@@ -47,6 +47,7 @@ bench: $(STAMP) $(LOCAL_STAMP)
 	mkdir -p results/bench
 	$(BIN)/python -m benchmarks.soft_topk > results/bench/soft_topk.json
 	$(BIN)/python -m benchmarks.train_step > results/bench/train_step.json
+	$(BIN)/python -m benchmarks.trainer_overhead > results/bench/trainer_overhead.json
 	$(BIN)/python -m benchmarks.lid > results/bench/lid.json
 	$(BIN)/python -m benchmarks.soft_topk_scaling --plot results/bench/soft_topk_scaling.png > results/bench/soft_topk_scaling.json
 	$(BIN)/python -m benchmarks.memory --F 16384 32768 65536 > results/bench/memory.json

@@ -1,9 +1,16 @@
 """Soft top-k (LapSum) vs hard top-k + scatter: forward+backward time and peak extra memory.
 
 Setting: x = relu(randn(4096, 16384)) fp32, k ≈ 64 per row, α = 1e-2.
-Targets on the 2-core CPU: time ratio ≤ 2.0, peak extra memory ≤ 3× the input.
-Both timings are taken in one process, interleaved; memory is measured in a fresh child
-process per operator (the process's peak RSS above the level after building the input).
+Targets on the 2-core CPU: time ratio ≤ 1.5, peak extra memory ≤ 3× the input.
+Both operators run alternately in one process (soft, hard, soft, hard, ...); ``paired_ratio``, the
+median over rounds of soft/hard within a round, is the figure checked against the target (it is
+far steadier on a shared machine than a ratio of separately taken times, also reported:
+``time_ratio`` is the ratio of the median times). Memory is measured in a fresh child process
+per operator (the process's peak RSS above the level after building the input).
+
+On a machine shared with other jobs, run with ``OMP_WAIT_POLICY=PASSIVE``: with libgomp's default
+spin-waiting, every parallel region waits for a descheduled partner thread, which inflates the
+many-small-op soft path far more than the few-large-op hard path.
 
     python -m benchmarks.soft_topk [--rows 4096 --n 16384 --k 64 --alpha 1e-2 --device cpu]
 """
@@ -13,11 +20,35 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import statistics
+import time
 
 import torch
 
-from benchmarks._common import best_time, emit, peak_rss_bytes, run_child
+from benchmarks._common import emit, peak_rss_bytes, run_child
 from softsae_lib.ops import soft_topk
+
+TARGET_RATIO = 1.5
+
+
+def paired_times(fa, fb, repeats: int, warmup: int = 1) -> tuple[list[float], list[float]]:
+    """Wall times of ``fa`` and ``fb`` run alternately ``repeats`` times after ``warmup`` pairs."""
+    for _ in range(warmup):
+        fa()
+        fb()
+    ta: list[float] = []
+    tb: list[float] = []
+    for _ in range(repeats):
+        for f, out in ((fa, ta), (fb, tb)):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            f()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            out.append(time.perf_counter() - t0)
+    return ta, tb
 
 
 def make_inputs(rows: int, n: int, k: float, device: str, seed: int = 0):
@@ -62,21 +93,25 @@ def main() -> None:
     ap.add_argument("--k", type=float, default=64)
     ap.add_argument("--alpha", type=float, default=1e-2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--memory-child", choices=["soft", "hard"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         _memory_child(args.memory_child, args.rows, args.n, args.k, args.alpha)
         return
     x, kk, grad = make_inputs(args.rows, args.n, args.k, args.device)
-    t_soft = best_time(lambda: soft_step(x, kk, grad, args.alpha), args.repeats)
-    t_hard = best_time(lambda: hard_step(x, int(args.k), grad), args.repeats)
+    soft_times, hard_times = paired_times(lambda: soft_step(x, kk, grad, args.alpha),
+                                          lambda: hard_step(x, int(args.k), grad), args.repeats)
+    t_soft, t_hard = statistics.median(soft_times), statistics.median(hard_times)
+    paired = statistics.median(a / b for a, b in zip(soft_times, hard_times, strict=True))
     result = {
         "benchmark": "soft_topk_vs_hard_topk",
         "shape": [args.rows, args.n], "k": args.k, "alpha": args.alpha, "device": args.device,
         "dtype": "float32", "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "soft_fwd_bwd_s": t_soft, "hard_fwd_bwd_s": t_hard, "time_ratio": t_soft / t_hard,
-        "target_time_ratio": 2.0,
+        "paired_ratio": paired, "soft_times_s": soft_times, "hard_times_s": hard_times,
+        "target_time_ratio": TARGET_RATIO,
     }
     if args.device == "cpu":
         common = ["--rows", str(args.rows), "--n", str(args.n), "--k", str(args.k),
@@ -97,7 +132,7 @@ def main() -> None:
         soft_step(x, kk, grad, args.alpha)
         result["soft_peak_extra_over_input"] = (torch.cuda.max_memory_allocated() - base) / (x.numel() * 4)
     mem_ratio = result.get("soft_peak_extra_over_input", 0.0)
-    result["meets_targets"] = result["time_ratio"] <= 2.0 and mem_ratio <= 3.0
+    result["meets_targets"] = paired <= TARGET_RATIO and mem_ratio <= 3.0
     emit(result)
 
 

@@ -1,6 +1,6 @@
 """Time per training step of SoftSAE vs TopK through the shared trainer, in one run.
 
-Setting: d = 768, F = 16384, batch 4096, CPU. Target: SoftSAE ≤ 1.6× TopK (its
+Setting: d = 768, F = 16384, batch 4096, CPU. Target: SoftSAE ≤ 1.4× TopK (its
 k-estimator adds one d×F matmul forward and two backward). Steps are timed with the trainer's
 ``on_step`` hook; step 0 (geometric-median init) is excluded. The two models alternate in short
 rounds, and the reported ``ratio`` is the median over rounds of (SoftSAE's best step / TopK's best
@@ -23,6 +23,8 @@ import torch
 
 from benchmarks._common import emit
 from softsae_lib import SoftSAE, TopKSAE, TrainConfig, train_sae
+
+TARGET_RATIO = 1.4  # raised from 1.6 when the soft top-k got faster
 
 
 def step_times(model, data: torch.Tensor, steps: int, device: str, bf16: bool = False) -> list[float]:
@@ -76,7 +78,8 @@ def main() -> None:
         "peak_gpu_memory_gib": peak or None,
         "d_model": args.d, "dict_size": args.F, "batch": args.batch, "k": args.k,
         "softsae_step_s": soft, "topk_step_s": topk, "ratio": ratio, "ratio_per_round": per_round,
-        "ratio_of_minima": soft / topk, "target_ratio": 1.6, "meets_target": ratio <= 1.6,
+        "ratio_of_minima": soft / topk, "target_ratio": TARGET_RATIO, "meets_target": ratio <= TARGET_RATIO,
+        "meets_targets": ratio <= TARGET_RATIO,
         "all_step_times_s": times,
     })
 

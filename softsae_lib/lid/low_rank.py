@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from softsae_lib.lid.exact import _exact_sq  # the same exact refinement as brute force
+
 _SAMPLE = 256  # points whose K-NN distance calibrates the rank
 _BASIS_ROWS = 8192  # rows of the Gram that picks the directions (any orthonormal basis is valid)
 _MIN_POINTS = 4096  # below this brute force is already cheap
@@ -115,7 +117,6 @@ def knn_low_rank(x: Tensor, k: int, basis: Tensor, extra: int, brute) -> tuple[T
         ``(dist, idx, n_redone)``: dist (N, K) float64 ascending, idx (N, K) long, and the number of
         rows that failed certification and were searched by brute force.
     """
-    from softsae_lib.lid.neighbors import _exact_sq  # the same exact refinement as brute force
 
     n = x.shape[0]
     m = min(k + max(extra, 1), n - 2)

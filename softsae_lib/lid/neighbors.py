@@ -63,13 +63,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from softsae_lib.lid.exact import _exact_sq
 from softsae_lib.lid.low_rank import choose_rank, knn_low_rank, low_rank_basis
 
 Duplicates = Literal["error", "warn", "exclude", "dedupe"]
 Method = Literal["auto", "brute"] | int
 _DUPLICATES = ("error", "warn", "exclude", "dedupe")
 _TILE_ELEMS = 1 << 26  # upper bound on the elements of one distance tile
-_GATHER_ELEMS = 1 << 23  # upper bound on gathered candidate coordinates in the exact re-ranking
 
 
 def _check(x: Tensor, name: str) -> Tensor:
@@ -105,29 +105,6 @@ def _unit_roundoff(dtype: torch.dtype) -> float:
         return 2.0**-53
     precision = torch.get_float32_matmul_precision()
     return {"highest": 2.0**-24, "high": 2.0**-11}.get(precision, 2.0**-8)
-
-
-def _exact_sq(q: Tensor, r: Tensor, rows: Tensor, cand: Tensor) -> Tensor:
-    """Squared distances ‖q[rows[i]] − r[cand[i, j]]‖² by direct differences. (n, M) float64.
-
-    Gathered in the input dtype, then copied chunk-wise to float64, where the differences of
-    float32 (or float64) coordinates are exact (or correctly rounded) and their norms are taken.
-    The chunk buffers are allocated once (fresh large allocations cost page faults on every chunk).
-    """
-    n, m = cand.shape
-    d = q.shape[1]
-    out = torch.empty(n, m, dtype=torch.float64, device=q.device)
-    step = max(1, min(n, _GATHER_ELEMS // max(1, m * d)))
-    buf = torch.empty(step * m, d, dtype=r.dtype, device=r.device)
-    up = r.dtype != torch.float64
-    buf64 = torch.empty(step * m, d, dtype=torch.float64, device=r.device) if up else buf
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        g = torch.index_select(r, 0, cand[s:e].reshape(-1), out=buf[: (e - s) * m])
-        diff = (buf64[: (e - s) * m].copy_(g) if up else g).view(e - s, m, d)
-        diff.sub_(q[rows[s:e]].unsqueeze(1).to(torch.float64))
-        torch.linalg.vector_norm(diff, dim=-1, out=out[s:e])
-    return out.square_()
 
 
 class _Searcher:

@@ -40,8 +40,10 @@ import torch
 
 __all__ = ["GateOutput", "soft_topk", "soft_topk_gate", "window_size"]
 
-# ln of the smallest normal float, per dtype (see the tail pass in forward).
-_EXP_FLOOR = {torch.float32: -87.0, torch.float64: -708.0}
+# Floor of the tail exponents u = (x − s_{K−1})/α, per dtype: below ln of the smallest normal
+# float (libm's slow path for underflowing exp costs ~10x), and low enough that ½e^floor is under
+# the flush level below, so every floored entry ends up an exact 0 in p whatever t is.
+_EXP_FLOOR = {torch.float32: -70.0, torch.float64: -694.0}
 # p below this is returned as 0 (≈ 2^-100 / 2^-1000): far below the rounding error of
 # any row sum Σp = k ≥ 1e-20, so Σp = k is unaffected, and no denormals reach later products.
 _FLUSH_BELOW = {torch.float32: 2.0**-100, torch.float64: 2.0**-1000}
@@ -53,6 +55,27 @@ _EXACT_SPAN = 1e8
 def window_size(k_max: float, n: int) -> int:
     """Size K of the top-K window that provably contains the threshold for every k ≤ k_max."""
     return min(n, 2 * math.ceil(k_max) + 2)
+
+
+# Rows per block of the full-size passes: ~2^18 elements (1 MiB in fp32) per thread keep a
+# block's buffers in the per-core L2 cache, so the 5-7 elementwise passes per block cost one
+# trip to DRAM instead of one each (the passes over a 4096 × 16384 batch were bandwidth-bound).
+# With several threads every op of a block is a parallel region whose start and end cost tens
+# of microseconds (more on a busy machine), so blocks are 4× larger there: measured at 2 threads,
+# 2^20 elements per thread beat 2^18 (1.38× vs 1.59× hard top-k) though they spill from L2.
+_BLOCK_ELEMS = 1 << 18
+_PARALLEL_BLOCK_SCALE = 4
+
+# Extra columns of the first, narrow window beyond ⌈k_max⌉ + 1 (see _lapsum_forward).
+_WINDOW_MARGIN = 8
+
+
+def _row_blocks(B: int, n: int) -> list[slice]:
+    """Row slices of ~_BLOCK_ELEMS elements per thread covering range(B); one for small inputs."""
+    threads = torch.get_num_threads()
+    per_thread = _BLOCK_ELEMS * (_PARALLEL_BLOCK_SCALE if threads > 1 else 1)
+    rows = max(1, per_thread * threads // max(n, 1))
+    return [slice(i, min(B, i + rows)) for i in range(0, B, rows)]
 
 
 def _validate(x: torch.Tensor, k: torch.Tensor, alpha: float) -> None:
@@ -100,13 +123,14 @@ def _exact_log_sums(s: torch.Tensor, tail: torch.Tensor, alpha: float) -> tuple[
 
 
 def _solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha: float,
-                     n: int) -> torch.Tensor:
-    """Threshold t per row from the sorted window.
+                     n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Threshold t per row from the sorted window, and the soft count at the window's last knot.
 
     s: (B, K) descending window values (float64); tail: (B,) T relative to s_{K−1};
-    k: (B,) budgets in (0, n); returns (ref, off): (B,) float64 each, with t = ref + α·off and ref
-    a window value, so that (x − t)/α = (x − ref)/α − off stays exact when α is below ref's
-    resolution (ref + α·off would round to ref and put p = ½ on a whole tie block).
+    k: (B,) budgets in (0, n); returns (ref, off, Φ(s_{K−1})): (B,) float64 each, with t = ref + α·off
+    and ref a window value, so that (x − t)/α = (x − ref)/α − off stays exact when α is below ref's
+    resolution (ref + α·off would round to ref and put p = ½ on a whole tie block); the window holds
+    t when Φ(s_{K−1}) > k.
     """
     B, K = s.shape
     rows = torch.arange(B, device=s.device)
@@ -150,7 +174,7 @@ def _solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha
     off_upper = _log1p_exp(ln_a[:, 0]) - torch.log(2 * k)
     off_lower = torch.log(2 * (n - k)) - _log1p_exp(ln_b[:, -1])
     ref = torch.where(upper, s[:, 0], torch.where(lower, s[:, -1], ref))
-    return ref, torch.where(upper, off_upper, torch.where(lower, off_lower, off))
+    return ref, torch.where(upper, off_upper, torch.where(lower, off_lower, off)), phi[:, -1]
 
 
 @dataclass
@@ -164,69 +188,136 @@ class _Forward:
     S: torch.Tensor  # (B,) Σ_j q_j
     t: torch.Tensor  # (B,) threshold, ±∞ for k = 0 or n
     kth: torch.Tensor  # (B,) the ⌊k⌋-th largest value (the hard top-⌊k⌋ cut), +∞ when ⌊k⌋ = 0
+    z: torch.Tensor | None = None  # (B, n) x ⊙ p, only for the gate
 
 
-def _lapsum_forward(x: torch.Tensor, k: torch.Tensor, alpha: float, window: int | None) -> _Forward:
-    """x: (B, n) float32/float64, finite; k: (B, 1) in [0, n]."""
+def _tail_exp(x: torch.Tensor, s_last: torch.Tensor, alpha: float, out: torch.Tensor) -> torch.Tensor:
+    """out = e^{clamp((x − s_{K−1})/α, floor, 0)}: (R, n) from x: (R, n), s_last: (R, 1).
+
+    The clamped terms (< 4e-31 each in fp32) change T by far less than the dtype's resolution of
+    any sum that matters, and they are all flushed to 0 in p (see _EXP_FLOOR).
+    """
+    if 1.0 / alpha >= torch.finfo(x.dtype).max:  # 1/α overflows x's dtype: 0·∞ = NaN on ties
+        u = (x.double() - s_last.double()).div_(alpha)
+        out.copy_(u.clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_())
+        return out
+    b = torch.sub(x, s_last, out=out).mul_(1.0 / alpha)
+    return b.clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_()
+
+
+def _lapsum_forward(x: torch.Tensor, k: torch.Tensor, alpha: float, window: int | None,
+                    gate: bool = False) -> _Forward:
+    """x: (B, n) float32/float64, finite; k: (B, 1) in [0, n]; gate: also form z = x ⊙ p.
+
+    Without an explicit window a narrow one (⌈k_max⌉ + 1 + _WINDOW_MARGIN columns) is tried
+    first: ``topk`` costs grow with K (K = 130 takes ~1.4× K = 64 at n = 16384), and at small α
+    the threshold sits a few ranks below k. The result is exact whenever Φ(s_{K−1}) > k in every
+    row (t then lies inside the window, all the math below only needs that); otherwise the
+    batch is redone with the provably sufficient window 2⌈k_max⌉ + 2. The gate always uses the
+    latter, since it returns the window's positions.
+    """
     B, n = x.shape
     wdt = torch.float64 if x.device.type != "mps" else torch.float32
     kk = k.reshape(B).to(wdt)
-    K = window_size(float(kk.max()), n) if window is None else min(n, window)
+    if window is not None:
+        return _forward_on_window(x, kk, alpha, min(n, window), gate, wdt, check=False)
+    k_max = float(kk.max())
+    K_safe = window_size(k_max, n)
+    K_narrow = min(n, math.ceil(k_max) + 1 + _WINDOW_MARGIN)
+    # The gate promises callers the full window_size(k_max) columns of positions (GateOutput.top).
+    if K_narrow < K_safe and not gate:
+        f = _forward_on_window(x, kk, alpha, K_narrow, gate, wdt, check=True)
+        if f is not None:
+            return f
+    return _forward_on_window(x, kk, alpha, K_safe, gate, wdt, check=False)
+
+
+def _forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, gate: bool,
+                       wdt: torch.dtype, check: bool) -> _Forward | None:
+    """The forward pass on a top-K window; with ``check``, None unless every row's t lies in it.
+
+    x: (B, n); kk: (B,) budgets in wdt. The full-size work is two passes over x in blocks of
+    rows (see _row_blocks): the tail sum T, then p (and z) once t is known; everything else
+    lives on the (B, K) window.
+    """
+    B, n = x.shape
     if K < n:
         s, win_idx = torch.topk(x, K, dim=1, sorted=True)
     else:
         s, win_idx = torch.sort(x, dim=1, descending=True)
     s_last = s[:, -1:]
-    # Tail buffer: e^{(x_j − s_{K−1})/α} off the window, 0 on it; later turned into p in place.
-    buf = torch.sub(x, s_last)
-    # Exponents below the smallest normal number are clamped there: libm's slow path for
-    # underflowing exp costs ~10x, and the clamped terms (< 1e-38 each) are far below the
-    # dtype's resolution of any sum that matters. The window is zeroed after the exp.
-    if 1.0 / alpha < torch.finfo(x.dtype).max:
-        buf.mul_(1.0 / alpha).clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_()
-    else:  # 1/α overflows x's dtype: 0·∞ = NaN for ties with s_{K−1}; divide in float64 instead
-        buf = buf.double().div_(alpha).clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_().to(x.dtype)
-    buf.scatter_(1, win_idx, 0.0)
-    tail = buf.sum(dim=1).to(wdt)
+    blocks = _row_blocks(B, n)
+    # Tail sum T = Σ_{j ∉ window} e^{(x_j − s_{K−1})/α}, block by block; the exponentials are
+    # kept in the output buffer and turned into p in place once t is known.
+    buf = torch.empty_like(x)
+    tail_x = x.new_empty(B)
+    for rb in blocks:
+        b = _tail_exp(x[rb], s_last[rb], alpha, buf[rb])
+        b.scatter_(1, win_idx[rb], 0.0)
+        torch.sum(b, dim=1, out=tail_x[rb])
+    tail = tail_x.to(wdt)
     s64 = s.to(wdt)
     zero_rows = kk <= 0
     full_rows = kk >= n
     k_safe = torch.where(zero_rows | full_rows, torch.full_like(kk, n / 2), kk)
-    ref, off = _solve_threshold(s64, tail, k_safe, alpha, n)
+    ref, off, phi_last = _solve_threshold(s64, tail, k_safe, alpha, n)
+    # Half a unit of slack keeps rounding in Φ from accepting a window that t only grazes.
+    if check and not bool(((phi_last > k_safe + 0.5) | zero_rows | full_rows).all()):
+        return None
     t = torch.where(zero_rows, math.inf, torch.where(full_rows, -math.inf, ref + alpha * off))
     special = zero_rows | full_rows  # t = ±∞; otherwise (x − t)/α = (x − ref)/α − off, exactly
     # Off-window p_j = ½ e^{(x_j − t)/α} = buf_j · ½ e^{(s_{K−1} − t)/α} (exponent ≤ 0).
-    gamma = 0.5 * torch.exp(torch.where(special, (s64[:, -1] - t) / alpha, (s64[:, -1] - ref) / alpha - off))
-    buf.mul_(gamma.to(x.dtype).unsqueeze(1))
+    gamma = 0.5 * torch.exp(torch.where(special, (s64[:, -1] - t) / alpha,
+                                        (s64[:, -1] - ref) / alpha - off))
     u_win = torch.where(special.unsqueeze(1), (s64 - t.unsqueeze(1)) / alpha,
                         (s64 - ref.unsqueeze(1)) / alpha - off.unsqueeze(1))
     p_win = _laplace_cdf(u_win)
-    buf.scatter_(1, win_idx, p_win.to(x.dtype))
-    # Flush negligible p to exact zeros: denormals (and the products they make downstream,
-    # e.g. r ⊙ p in SoftSAE) slow every later matmul by an order of magnitude on x86 CPUs.
-    # Done after the window is written so that a tie block straddling the window edge gets
-    # one value (flushing the tail alone broke exact ties there).
-    torch.nn.functional.threshold_(buf, _FLUSH_BELOW[x.dtype], 0.0)
+    # Off-window p = e^u·γ. Entries with e^u below flush/γ give p < 2^-100 and are flushed
+    # below; raising them to (just under) flush/γ first keeps every product a normal number (a
+    # denormal product costs a ~100-cycle microcode assist per element, and most of a row sits
+    # on the floor), so p is bit for bit the plain product, flushed. When γ itself is below the
+    # flush level the whole tail is zero: γ is set to 0 rather than left as a denormal factor.
+    flush = _FLUSH_BELOW[x.dtype]
+    raise_to = (flush * (1 - 1e-5) / gamma).clamp(max=1.0).to(x.dtype).unsqueeze(1)
+    gamma_x = torch.where(gamma < flush, torch.zeros_like(gamma), gamma).to(x.dtype).unsqueeze(1)
+    p_win_x = p_win.to(x.dtype)
+    z = torch.empty_like(x) if gate else None
+    for rb in blocks:
+        b = torch.maximum(buf[rb], raise_to[rb], out=buf[rb]).mul_(gamma_x[rb])
+        b.scatter_(1, win_idx[rb], p_win_x[rb])
+        # Flush negligible p to exact zeros: denormals (and the products they make downstream,
+        # e.g. r ⊙ p in SoftSAE) slow every later matmul by an order of magnitude on x86 CPUs.
+        # Done after the window is written so that a tie block straddling the window edge gets
+        # one value (flushing the tail alone broke exact ties there).
+        torch.nn.functional.threshold_(b, _FLUSH_BELOW[x.dtype], 0.0)
+        if z is not None:
+            torch.mul(x[rb], b, out=z[rb])
     q_win = 0.5 * torch.exp(-u_win.abs()) / alpha
     # Σ_j q_j: the tail's q is p/α, and the tail's Σp is γ·T.
     S = (gamma * tail) / alpha + q_win.sum(dim=1)
     rank = kk.floor().long().clamp(min=1, max=s.shape[1]) - 1  # the window holds rank ⌊k⌋ (K > k)
     kth = torch.where(kk >= 1, s.gather(1, rank.unsqueeze(1)).squeeze(1), torch.full_like(s[:, 0], math.inf))
-    return _Forward(buf, win_idx, p_win, q_win, S, t, kth)
+    return _Forward(buf, win_idx, p_win, q_win, S, t, kth, z)
 
 
-def _vbar(p: torch.Tensor, v_tail: torch.Tensor, v_win: torch.Tensor, q_win: torch.Tensor,
-          S: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ q v, v̄ = Σ q v / S) per row, from the window-zeroed upstream v_tail: (B, n).
+def _vbar(pv_tail: torch.Tensor, qv_win: torch.Tensor, S: torch.Tensor,
+          alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ q v, v̄ = Σ q v / S) per row: (R,) each, from the tail's Σ p v and the window's Σ q v
+    (α = 1 when the tail's sum is already Σ q v).
 
     The tail (q = p/α, p stored) is summed directly with the window zeroed: subtracting the
     window from a full Σ p v cancels catastrophically (error ~ eps·k/α, huge next to a tiny S
     at an integer k). The window part is exact float64.
     """
-    pv_tail = torch.einsum("bn,bn->b", p, v_tail).to(S.dtype)
-    qv = pv_tail / alpha + (q_win * v_win).sum(dim=1)
+    qv = pv_tail.to(S.dtype) / alpha + qv_win
     vbar = torch.where(S > 0, qv / torch.where(S > 0, S, torch.ones_like(S)), torch.zeros_like(qv))
     return qv, vbar
+
+
+def _tail_dot(p: torch.Tensor, v_tail: torch.Tensor) -> torch.Tensor:
+    """Σ_j p_j v_j per row of two (R, n) blocks: (R,). A plain product and sum: einsum lowers
+    "bn,bn->b" to a batched 1×n·n×1 matmul that is several times slower on CPU."""
+    return torch.mul(p, v_tail).sum(dim=1)
 
 
 class _SoftTopK(torch.autograd.Function):
@@ -245,15 +336,29 @@ class _SoftTopK(torch.autograd.Function):
         p, win_idx, p_win, q_win, S, t, x = ctx.saved_tensors
         alpha = ctx.alpha
         v = v.contiguous()
+        B, n = v.shape
         v_win = v.gather(1, win_idx).to(S.dtype)
-        # The window-zeroed copy of v is then turned into grad_x in place.
-        v_tail = v.scatter(1, win_idx, 0.0)
-        qv, vbar = _vbar(p, v_tail, v_win, q_win, S, alpha)
-        grad_x = grad_k = grad_alpha = None
-        if ctx.needs_input_grad[0]:
-            # Tail: q(v − v̄) = (v − v̄)·p/α; the window is overwritten with its exact q(v − v̄).
-            grad_x = v_tail.sub_(vbar.to(v.dtype).unsqueeze(1)).mul_(p).mul_(1.0 / alpha)
-            grad_x.scatter_(1, win_idx, (q_win * (v_win - vbar.unsqueeze(1))).to(v.dtype))
+        qv_win = (q_win * v_win).sum(dim=1)
+        want_x = ctx.needs_input_grad[0]
+        # The window-zeroed copy of v is then turned into grad_x in place, one block of rows at a
+        # time so that the block stays in cache between the passes (rows are independent).
+        qvb = torch.empty_like(v)
+        qv = torch.empty_like(S)
+        vbar = torch.empty_like(S)
+        zero = v.new_zeros(())
+        for rb in _row_blocks(B, n):
+            # qvb = q ⊙ v = (p/α) ⊙ v in one pass (addcmul onto a broadcast 0), the window zeroed;
+            # its row sums are the tail's Σ q v.
+            b = torch.addcmul(zero, p[rb], v[rb], value=1.0 / alpha, out=qvb[rb])
+            b.scatter_(1, win_idx[rb], 0.0)
+            qv[rb], vbar[rb] = _vbar(b.sum(dim=1), qv_win[rb], S[rb], 1.0)
+            if want_x:
+                # Tail: q(v − v̄) = q v − (p/α) v̄; the window is overwritten with its exact q(v − v̄).
+                b.addcmul_(p[rb], vbar[rb].to(v.dtype).unsqueeze(1), value=-1.0 / alpha)
+                exact = q_win[rb] * (v_win[rb] - vbar[rb].unsqueeze(1))
+                b.scatter_(1, win_idx[rb], exact.to(v.dtype))
+        grad_x = qvb if want_x else None
+        grad_k = grad_alpha = None
         if ctx.needs_input_grad[1]:
             grad_k = vbar.unsqueeze(1).to(v.dtype)
         if ctx.needs_input_grad[2]:
@@ -263,8 +368,8 @@ class _SoftTopK(torch.autograd.Function):
             xc = torch.sub(x, t_c.to(x.dtype).unsqueeze(1))
             q_full = torch.where(p <= 0.5, p, 1 - p) / alpha
             q_full.scatter_(1, win_idx, q_win.to(q_full.dtype))
-            sq_x = torch.einsum("bn,bn->b", q_full, xc).to(S.dtype)
-            sqv_x = torch.einsum("bn,bn->b", q_full * v, xc).to(S.dtype)
+            sq_x = _tail_dot(q_full, xc).to(S.dtype)
+            sqv_x = _tail_dot(q_full * v, xc).to(S.dtype)
             S_safe = torch.where(S > 0, S, torch.ones_like(S))
             xbar_c = torch.where(S > 0, sq_x / S_safe, torch.zeros_like(sq_x))
             grad_alpha = (-(sqv_x - xbar_c * qv) / alpha).sum().to(v.dtype)
@@ -276,29 +381,40 @@ class _SoftTopKGate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, k: torch.Tensor, alpha: float, window: int | None):
-        f = _lapsum_forward(x, k, alpha, window)
+        f = _lapsum_forward(x, k, alpha, window, gate=True)
         ctx.alpha = alpha
         ctx.save_for_backward(x, f.p, f.win_idx, f.p_win, f.q_win, f.S)
         t, kth = f.t.to(x.dtype), f.kth
         ctx.mark_non_differentiable(t, kth, f.win_idx)
-        return torch.mul(x, f.p), t, kth, f.win_idx
+        return f.z, t, kth, f.win_idx
 
     @staticmethod
     def backward(ctx, g: torch.Tensor, _g_t: torch.Tensor, _g_kth: torch.Tensor, _g_idx: torch.Tensor):
         x, p, win_idx, p_win, q_win, S = ctx.saved_tensors
         alpha = ctx.alpha
         g = g.contiguous()
+        B, n = g.shape
         # Upstream of p is v = g ⊙ x; dz/dx = p + x·dp/dx.
         g_win = g.gather(1, win_idx).to(S.dtype)
         v_win = g_win * x.gather(1, win_idx).to(S.dtype)
-        buf = torch.mul(g, x).scatter_(1, win_idx, 0.0)
-        _, vbar = _vbar(p, buf, v_win, q_win, S, alpha)
-        grad_x = grad_k = None
-        if ctx.needs_input_grad[0]:
-            # Tail: g·p + q(v − v̄) = p·(g + (v − v̄)/α); the window gets its exact value.
-            grad_x = buf.sub_(vbar.to(g.dtype).unsqueeze(1)).mul_(1.0 / alpha).add_(g).mul_(p)
-            exact = g_win * p_win + q_win * (v_win - vbar.unsqueeze(1))
-            grad_x.scatter_(1, win_idx, exact.to(g.dtype))
+        qv_win = (q_win * v_win).sum(dim=1)
+        want_x = ctx.needs_input_grad[0]
+        buf = torch.empty_like(g)
+        vbar = torch.empty_like(S)
+        zero = g.new_zeros(())
+        for rb in _row_blocks(B, n):  # blocks of rows stay in cache across the passes
+            # b = q ⊙ v = (p/α) ⊙ g ⊙ x with the window zeroed; its row sums are the tail's Σ q v.
+            b = torch.addcmul(zero, g[rb], x[rb], value=1.0 / alpha, out=buf[rb])
+            b.scatter_(1, win_idx[rb], 0.0).mul_(p[rb])
+            vbar[rb] = _vbar(b.sum(dim=1), qv_win[rb], S[rb], 1.0)[1]
+            if want_x:
+                # Tail: g·p + q(v − v̄) = q v + p·g − (p/α)·v̄; the window gets its exact value.
+                vb = vbar[rb].unsqueeze(1)
+                b.addcmul_(p[rb], g[rb]).addcmul_(p[rb], vb.to(g.dtype), value=-1.0 / alpha)
+                exact = g_win[rb] * p_win[rb] + q_win[rb] * (v_win[rb] - vb)
+                b.scatter_(1, win_idx[rb], exact.to(g.dtype))
+        grad_x = buf if want_x else None
+        grad_k = None
         if ctx.needs_input_grad[1]:
             grad_k = vbar.unsqueeze(1).to(g.dtype)
         return grad_x, grad_k, None, None
@@ -346,7 +462,7 @@ def _check_window(window: int | None, k2: torch.Tensor, n: int) -> None:
         return
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"soft_topk: window must be an int ≥ 1 or None, got {window!r}")
-    need = window_size(float(k2.max()), n) if k2.numel() else 1
+    need = window_size(float(k2.detach().max()), n) if k2.numel() else 1
     if window < need:
         raise ValueError(f"soft_topk: window={window} is too small for max k = {float(k2.max()):g} "
                          f"(n = {n}); it must be ≥ {need} = min(n, 2·⌈k⌉ + 2), or None")

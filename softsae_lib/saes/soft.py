@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F_
 
+from softsae_lib.collectives import global_mean
 from softsae_lib.ops.hard_topk import per_row_topk
 from softsae_lib.ops.relu_mlp_head import relu_mlp_head
 from softsae_lib.ops.soft_topk import soft_topk_gate
 from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext, check_k
-from softsae_lib.training.distributed import global_mean
 
 
 @dataclass

@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from softsae_lib.collectives import global_mean as global_mean  # re-exported (lives below saes)
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -63,18 +65,6 @@ def info() -> DistInfo:
 def active() -> bool:
     """True inside a process group of more than one process."""
     return info().world_size > 1
-
-
-def global_mean(t: Tensor) -> Tensor:
-    """Mean of ``t`` over all elements on all ranks, differentiable (equal-sized shards).
-
-    Its gradient, after DDP's averaging, is the gradient of the single-process mean.
-    """
-    if not active():
-        return t.mean()
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(t.sum()) / (t.numel() * info().world_size)
 
 
 def reduce_(t: Tensor, op: str = "mean") -> Tensor:

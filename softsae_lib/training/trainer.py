@@ -145,6 +145,7 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
             "data": data_id,
         })
 
+    since_bound = int(since_fired.max()) if since_fired.numel() else 0  # ≥ max(since_fired), host-side
     k_target = getattr(model.config, "k", None)
     alpha_final = getattr(model.config, "alpha", 1.0)
     k_aux = cfg.k_aux if cfg.k_aux is not None else model.d_model // 2
@@ -172,8 +173,14 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
             out = step_loss(x_n, ctx)
             loss = out.loss
             terms = dict(out.terms)
-            dead = since_fired >= cfg.dead_threshold
-            if model.uses_auxk and cfg.auxk_alpha > 0 and bool(dead.any()):
+            # No latent can be dead before max(since_fired) reaches the threshold: a host-side
+            # upper bound of that maximum skips the (F,) comparison and its sync until then.
+            if model.uses_auxk and cfg.auxk_alpha > 0 and since_bound >= cfg.dead_threshold:
+                since_bound = int(since_fired.max())
+                dead = since_fired >= cfg.dead_threshold
+            else:
+                dead = None
+            if dead is not None and bool(dead.any()):
                 aux = auxk_loss(out.pre_acts, x_n - out.recon, dead, model.W_dec, k_aux)
                 loss = loss + cfg.auxk_alpha * aux
                 terms["auxk"] = aux.item()
@@ -202,8 +209,11 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
         optimizer.step()
         model.normalize_decoder()
         with torch.no_grad():
-            fired = dist_.reduce_(out.fired_latents().to(torch.uint8), "max").bool()
+            fired = out.fired_latents()
+            if world > 1:
+                fired = dist_.reduce_(fired.to(torch.uint8), "max").bool()
             since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + x.shape[0] * world)
+            since_bound += x.shape[0] * world
             model.after_step(out, ctx)
             for name in model.synced_buffers:
                 dist_.reduce_(getattr(model, name))

@@ -1,0 +1,35 @@
+"""Exact squared distances of candidate pairs, shared by the brute-force and low-rank kNN searches.
+
+Its own module so that ``lid/neighbors`` (which dispatches to ``lid/low_rank``) and ``lid/low_rank``
+(which refines its candidates with the same exact step) depend on it rather than on each other.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_GATHER_ELEMS = 1 << 23  # upper bound on gathered candidate coordinates in the exact re-ranking
+
+
+def _exact_sq(q: Tensor, r: Tensor, rows: Tensor, cand: Tensor) -> Tensor:
+    """Squared distances ‖q[rows[i]] − r[cand[i, j]]‖² by direct differences. (n, M) float64.
+
+    Gathered in the input dtype, then copied chunk-wise to float64, where the differences of
+    float32 (or float64) coordinates are exact (or correctly rounded) and their norms are taken.
+    The chunk buffers are allocated once (fresh large allocations cost page faults on every chunk).
+    """
+    n, m = cand.shape
+    d = q.shape[1]
+    out = torch.empty(n, m, dtype=torch.float64, device=q.device)
+    step = max(1, min(n, _GATHER_ELEMS // max(1, m * d)))
+    buf = torch.empty(step * m, d, dtype=r.dtype, device=r.device)
+    up = r.dtype != torch.float64
+    buf64 = torch.empty(step * m, d, dtype=torch.float64, device=r.device) if up else buf
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        g = torch.index_select(r, 0, cand[s:e].reshape(-1), out=buf[: (e - s) * m])
+        diff = (buf64[: (e - s) * m].copy_(g) if up else g).view(e - s, m, d)
+        diff.sub_(q[rows[s:e]].unsqueeze(1).to(torch.float64))
+        torch.linalg.vector_norm(diff, dim=-1, out=out[s:e])
+    return out.square_()
