@@ -97,6 +97,10 @@ def test_offline_text_comes_from_the_compressed_copies():
     assert len(books) == 18 and "gutenberg/carroll-alice.txt" in books
     alice = " ".join(d.text for d in docs if d.source.startswith("gutenberg/carroll-alice.txt"))
     assert "Alice" in alice and "rabbit" in alice.lower()
+    # Read as text files are (universal newlines): four books have CRLF line ends in the corpus.
+    assert not any("\r" in d.text for d in docs)
+    moby = "".join(d.text for d in docs if d.source.startswith("gutenberg/melville-moby_dick.txt#0"))
+    assert moby.startswith("[Moby Dick by Herman Melville 1851]\n")
 
 
 # ------------------------------------------------------------------------------- failing fast

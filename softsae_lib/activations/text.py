@@ -74,10 +74,13 @@ def passages(text: str, words: int) -> list[str]:
 
 
 def _decode_text(data: bytes) -> str:
+    """UTF-8 (else Latin-1: Gutenberg files are Latin-1 safe) with universal newlines, as text-mode
+    reading gives: four of the Gutenberg books have CRLF line ends, and a stray CR is a token."""
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return data.decode("latin-1")  # Gutenberg files are Latin-1 safe
+        text = data.decode("latin-1")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _read_txt(path: Path) -> str:
@@ -100,7 +103,7 @@ def offline_wikitext() -> list[tuple[str, str]]:
     out = []
     for rel in WIKITEXT_FILES:
         name = Path(rel).name.removesuffix(".xz")
-        text = read_data_bytes(rel).decode("utf-8")
+        text = _decode_text(read_data_bytes(rel))
         out += [(f"wikitext-2/{name}#{title}", t) for title, t in _wikitext_articles(text)]
     return out
 
