@@ -12,20 +12,22 @@ from collections.abc import Callable
 import torch
 
 
+def timed(fn: Callable[[], None]) -> float:
+    """Wall time of one call of ``fn`` (seconds), with CUDA synchronised before and after."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def best_time(fn: Callable[[], None], repeats: int = 5, warmup: int = 1) -> float:
     """Minimum wall time of ``fn`` over ``repeats`` runs (seconds), synchronising CUDA."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(timed(fn) for _ in range(repeats))
 
 
 def peak_rss_bytes() -> int:

@@ -22,11 +22,10 @@ import gc
 import json
 import os
 import statistics
-import time
 
 import torch
 
-from benchmarks._common import emit, peak_rss_bytes, run_child
+from benchmarks._common import emit, peak_rss_bytes, run_child, timed
 from softsae_lib.ops import soft_topk
 
 TARGET_RATIO = 1.5
@@ -41,13 +40,7 @@ def paired_times(fa, fb, repeats: int, warmup: int = 1) -> tuple[list[float], li
     tb: list[float] = []
     for _ in range(repeats):
         for f, out in ((fa, ta), (fb, tb)):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            f()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            out.append(time.perf_counter() - t0)
+            out.append(timed(f))
     return ta, tb
 
 
