@@ -12,6 +12,29 @@ from collections.abc import Callable
 import torch
 
 
+def intervals(stamps: list[float]) -> list[float]:
+    """Differences between consecutive time stamps (seconds)."""
+    return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
+
+
+def train_sae_step_times(model, data: torch.Tensor, batch_size: int, steps: int, device: str | None = None,
+                         bf16: bool = False) -> list[float]:
+    """Seconds per step of ``train_sae`` on ``data``: steps + 1 run, step 0 (the b_dec init) untimed."""
+    from softsae_lib import TrainConfig, train_sae
+
+    stamps: list[float] = []
+    cfg = TrainConfig(steps=steps + 1, batch_size=batch_size, lr=1e-4, warmup_steps=0,
+                      normalization_batches=1, device=device, progress=False, autocast_bf16=bf16)
+
+    def on_step(step: int, terms: dict) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
+    train_sae(model, data, cfg, on_step=on_step)
+    return intervals(stamps)
+
+
 def timed(fn: Callable[[], None]) -> float:
     """Wall time of one call of ``fn`` (seconds), with CUDA synchronised before and after."""
     if torch.cuda.is_available():

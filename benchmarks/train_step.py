@@ -17,29 +17,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
-from benchmarks._common import emit
-from softsae_lib import SoftSAE, TopKSAE, TrainConfig, train_sae
+from benchmarks._common import emit, train_sae_step_times
+from softsae_lib import SoftSAE, TopKSAE
 
 TARGET_RATIO = 1.4  # raised from 1.6 when the soft top-k got faster
-
-
-def step_times(model, data: torch.Tensor, steps: int, device: str, bf16: bool = False) -> list[float]:
-    stamps: list[float] = []
-    cfg = TrainConfig(steps=steps + 1, batch_size=data.shape[0], lr=1e-4, warmup_steps=0,
-                      alpha_anneal_steps=None, normalization_batches=1, device=device, progress=False,
-                      autocast_bf16=bf16)
-
-    def on_step(step: int, terms: dict) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
-
-    train_sae(model, data, cfg, on_step=on_step)
-    return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
 
 
 def main() -> None:
@@ -62,7 +46,8 @@ def main() -> None:
             model = cls(d_model=args.d, dict_size=args.F, k=args.k, seed=r)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            times[name] += step_times(model, data, args.steps, args.device, args.bf16)
+            times[name] += train_sae_step_times(model, data, data.shape[0], args.steps, args.device,
+                                                args.bf16)
             if cuda:
                 peak[name] = max(peak.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
             del model

@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from benchmarks._common import emit
-from softsae_lib import SoftSAE, TopKSAE, TrainConfig, train_sae
+from benchmarks._common import emit, intervals, train_sae_step_times
+from softsae_lib import SoftSAE, TopKSAE
 
 TARGETS = {"topk_over_minimal": 1.3, "softsae_over_minimal": 2.0}
 
@@ -52,16 +52,7 @@ def minimal_step_times(data: torch.Tensor, d: int, F: int, batch: int, k: int, s
         with torch.no_grad():
             W_dec.div_(W_dec.norm(dim=1, keepdim=True))
         stamps.append(time.perf_counter())
-    return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
-
-
-def trainer_step_times(model, data: torch.Tensor, batch: int, steps: int) -> list[float]:
-    """Seconds per step of ``train_sae`` (steps + 1 run; step 0, with the b_dec init, untimed)."""
-    stamps: list[float] = []
-    cfg = TrainConfig(steps=steps + 1, batch_size=batch, lr=1e-4, normalization_batches=1,
-                      progress=False)
-    train_sae(model, data, cfg, on_step=lambda step, terms: stamps.append(time.perf_counter()))
-    return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
+    return intervals(stamps)
 
 
 def main() -> None:
@@ -82,7 +73,8 @@ def main() -> None:
             minimal_step_times(data, args.d, args.F, args.batch, args.k, args.steps, seed=r)))
         for name, cls in (("topk", TopKSAE), ("soft", SoftSAE)):
             model = cls(d_model=args.d, dict_size=args.F, k=args.k, seed=r)
-            per_round[name].append(statistics.median(trainer_step_times(model, data, args.batch, args.steps)))
+            times = train_sae_step_times(model, data, args.batch, args.steps)
+            per_round[name].append(statistics.median(times))
     ratios = {
         "topk_over_minimal": statistics.median(
             t / m for t, m in zip(per_round["topk"], per_round["minimal"], strict=True)),
