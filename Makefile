@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?= local
 
-.PHONY: venv test browser reproduce report bench lint clean-venv
+.PHONY: venv test browser reproduce report readme bench lint clean-venv
 
 $(STAMP): requirements-lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ reproduce: $(STAMP) $(LOCAL_STAMP)
 # results/$(PROFILE)/report/index.html from the existing results (also built by `make reproduce`).
 report: $(STAMP)
 	$(BIN)/python -m softsae_lib report --profile $(PROFILE) --out results
+
+# README.md's results block from results/$(PROFILE)/*/metrics.json (a test checks it for local).
+readme: $(STAMP)
+	$(BIN)/python -m softsae_lib readme --profile $(PROFILE) --out results
 
 # Every script in benchmarks/ (capture measures SmolLM2-135M, hence the local requirements).
 bench: $(STAMP) $(LOCAL_STAMP)

@@ -2,6 +2,7 @@
 
   python -m softsae_lib reproduce --profile local      run every notebook (Papermill)
   python -m softsae_lib report --profile local         the HTML report of a profile's results
+  python -m softsae_lib readme [--check]               README's results block from results/local
   python -m softsae_lib train --data acts.npy ...      train one SAE (torchrun for data-parallel)
 
 Profiles: smoke = seconds per notebook (a code-path check, for tests); local = the real study on a
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m softsae_lib", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{reproduce,report,train}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{reproduce,report,readme,train}")
     rep = sub.add_parser("reproduce", help="execute the notebooks with Papermill under one profile",
                          description="Execute the notebooks with Papermill under one profile; outputs go to "
                                      "OUT/PROFILE/NOTEBOOK/ and OUT/PROFILE/manifest.json.",
@@ -48,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=HelpFormatter)
     web.add_argument("--profile", choices=PROFILES, default="local", help="whose results")
     web.add_argument("--out", default="results", help="results root")
+    readme = sub.add_parser("readme", help="write the README's results block from a profile's metrics",
+                            description="Write the block between the results markers of README.md from "
+                                        "OUT/PROFILE/*/metrics.json; --check only compares (exit 2 when "
+                                        "they differ).", formatter_class=HelpFormatter)
+    readme.add_argument("--profile", choices=PROFILES, default="local", help="whose results")
+    readme.add_argument("--out", default="results", help="results root")
+    readme.add_argument("--readme", default="README.md", help="the README to write")
+    readme.add_argument("--check", action="store_true", help="fail if the README differs; write nothing")
     cli.add_arguments(sub.add_parser("train", help="train one SAE (torchrun for data-parallel)"))
     return ap
 
@@ -66,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
             from softsae_lib.report import build_report
 
             print(build_report(args.out, args.profile))
+            return 0
+        if args.command == "readme":
+            from pathlib import Path
+
+            from softsae_lib.readme_results import update_readme
+
+            same = update_readme(args.readme, Path(args.out) / args.profile, check=args.check)
+            print(f"{args.readme}: results block {'up to date' if same else 'written'}")
             return 0
         from softsae_lib import reproduce
 

@@ -151,6 +151,34 @@ class SyntheticManifolds(ManifoldExperiment):
     """Superposition arm: SAE latents."""
     sup_k: int
     """Superposition arm: SoftSAE's target k."""
+    seeds: tuple[int, ...] = (0,)
+    """SAE seeds (initialisation and batch order) of every arm; the data keep ``seed``."""
+    workers: int = 1
+    """Processes that train models concurrently (one CPU thread each)."""
+    baselines: tuple[str, ...] = ("topk", "batch_topk", "matryoshka")
+    """Baselines trained at SoftSAE's realised mean L0 on the manifold and superposition arms."""
+    sub_dims: tuple[int, ...] = tuple(range(1, 17))
+    """Subspace arm: the dimensions of the linear subspaces (one subspace each)."""
+    sub_n_train: int
+    """Subspace arm: training samples."""
+    sub_n_test: int
+    """Subspace arm: held-out samples."""
+    sub_dict_size: int
+    """Subspace arm: SAE latents."""
+    sub_k: int
+    """Subspace arm: SoftSAE's target k (2k bounds k̂, so 2k ≥ the largest dimension)."""
+    oracle_tolerance: float = 0.05
+    """Relative error ‖x − x̂‖²/‖x‖² at which OMP counts a sample as explained (oracle, explanation length)."""
+    max_atoms: int = 32
+    """Longest OMP path (atoms) for the oracle, the explanation length and the allocation bound."""
+    capacity_steps: int = 2000
+    """Steps of the supervised k-estimator (the estimator-capacity control)."""
+    ablations: tuple[str, ...] = ()
+    """SoftSAE variants trained once each on the manifold arm (see experiments/synthetic.ABLATIONS)."""
+    lid_ks: tuple[int, ...] = (10, 20, 50)
+    """LID-estimator study: neighbourhood sizes K."""
+    lid_ns: tuple[int, ...] = (1000, 3000)
+    """LID-estimator study: numbers of points the estimators see."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -299,17 +327,26 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
         "paper": SoftTopKDemo(n=40, k=7.3, alphas=(1.0, 0.3, 0.1, 0.03, 0.01)),
     },
     "02_synthetic_manifolds": {
-        "smoke": SyntheticManifolds(n_train=6000, n_test=1500, ambient_dim=48, dict_size=128, k=8, steps=300,
+        "smoke": SyntheticManifolds(n_train=6000, n_test=1500, ambient_dim=48, dict_size=128, k=8, steps=200,
                                     batch_size=256, lr=3e-3, n_boot=200, sup_n_train=4000, sup_n_test=1000,
-                                    sup_d=16, sup_features=32, sup_max_active=6, sup_dict_size=64, sup_k=3),
-        "local": SyntheticManifolds(n_train=60000, n_test=7500, ambient_dim=64, dict_size=1024, k=10,
-                                    steps=4000, batch_size=512, lr=1e-3, sup_n_train=65536, sup_n_test=8192,
-                                    sup_d=64, sup_features=256, sup_max_active=16, sup_dict_size=512,
-                                    sup_k=8),
+                                    sup_d=16, sup_features=32, sup_max_active=6, sup_dict_size=64, sup_k=3,
+                                    seeds=(0, 1), sub_dims=(1, 2, 4, 8), sub_n_train=3000, sub_n_test=800,
+                                    sub_dict_size=64, sub_k=4, max_atoms=16, capacity_steps=100,
+                                    ablations=("k_max_4k",), lid_ks=(10,), lid_ns=(500,)),
+        "local": SyntheticManifolds(n_train=60000, n_test=7500, ambient_dim=64, dict_size=128, k=10,
+                                    steps=8000, batch_size=512, lr=1e-3, sup_n_train=65536, sup_n_test=8192,
+                                    sup_d=64, sup_features=256, sup_max_active=16, sup_dict_size=256,
+                                    sup_k=8, seeds=(0, 1, 2), workers=2, sub_n_train=48000, sub_n_test=8000,
+                                    sub_dict_size=256, sub_k=8, ablations=("alpha_annealed", "k_max_4k"),
+                                    lid_ks=(10, 20, 50), lid_ns=(1000, 3000, 7500)),
         "paper": SyntheticManifolds(intrinsic_dims=(1, 2, 4, 8, 16, 32), n_train=2_000_000, n_test=65536,
                                     ambient_dim=256, dict_size=8192, k=32, steps=40000, batch_size=4096,
                                     lr=6e-4, sup_n_train=2_000_000, sup_n_test=65536, sup_d=256,
-                                    sup_features=2048, sup_max_active=64, sup_dict_size=4096, sup_k=32),
+                                    sup_features=2048, sup_max_active=64, sup_dict_size=4096, sup_k=32,
+                                    seeds=(0, 1, 2), sub_dims=tuple(range(1, 33)), sub_n_train=1_000_000,
+                                    sub_n_test=65536, sub_dict_size=4096, sub_k=16, max_atoms=64,
+                                    capacity_steps=10000, ablations=("alpha_annealed", "k_max_4k"),
+                                    lid_ks=(10, 20, 50, 100), lid_ns=(5000, 20000)),
     },
     # The project's own CIFAR-10 ViT (data/models/cifar10-vit): smoke trains a toy one for seconds,
     # local evaluates the shipped weights, paper runs a longer recipe on a GPU.

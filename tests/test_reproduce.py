@@ -52,25 +52,40 @@ def test_synthetic_notebook_metrics(smoke_results):
     root, _ = smoke_results
     p = get_profile("02_synthetic_manifolds", "smoke")
     m = json.loads((root / "smoke" / "02_synthetic_manifolds" / "metrics.json").read_text())
-    for part in ("manifolds", "superposition"):
-        rows = {r["model"]: r for r in m[part]["models"]}
-        assert set(rows) == {"soft", "topk", "batch_topk"}
+    arms = {"manifolds": (p.k, "true_dim", ("soft", *p.baselines), p.seeds, p.n_test),
+            "subspaces": (p.sub_k, "true_dim", ("soft", "topk"), p.seeds, p.sub_n_test),
+            "superposition": (p.sup_k, "true_active", ("soft", *p.baselines), p.seeds[:2], p.sup_n_test)}
+    for part, (k, target, archs, seeds, n_test) in arms.items():
+        rows = {(r["seed"], r["model"]): r for r in m[part]["models"]}
+        assert set(rows) == {(s, a) for s in seeds for a in archs}
         for r in rows.values():
-            assert 0 < r["fvu"] < 0.6 and 0 <= r["dead_fraction"] <= 1
-        soft = rows["soft"]
-        k = p.k if part == "manifolds" else p.sup_k
-        assert 1 <= soft["k_hat_mean"] <= 2 * k
-        assert soft["l0_mean"] <= soft["k_hat_mean"]  # inference floors k̂
-        # Baselines are trained at SoftSAE's realised mean L0.
-        assert rows["topk"]["k"] == max(1, round(soft["l0_mean"])) == rows["topk"]["l0_mean"]
-        assoc = {(r["kappa"], r["target"]): r for r in m[part]["association"]}
-        assert "constant" in assoc[("topk_l0", "true_dim" if part == "manifolds" else "true_active")]["note"]
-        rho = assoc[("soft_k_hat", "true_dim" if part == "manifolds" else "true_active")]["spearman"]
-        assert -1 <= rho <= 1 and not math.isnan(rho)
-    man = {(r["kappa"], r["target"]): r for r in m["manifolds"]["association"]}
-    ci = man[("soft_k_hat", "true_dim")]
-    assert ci["spearman_ci_low"] <= ci["spearman"] <= ci["spearman_ci_high"]
-    assert ci["n_clusters"] == len(p.intrinsic_dims) * p.manifolds_per_dim
+            assert 0 < r["fvu"] < 0.6 and 0 <= r["dead"] <= 1 and isinstance(r["healthy"], bool)
+        for s in seeds:
+            soft = rows[(s, "soft")]
+            assert 1 <= soft["k_hat_mean"] <= 2 * k
+            assert soft["l0"] <= soft["k_hat_mean"]  # inference floors k̂
+            # Baselines are trained at SoftSAE's realised mean L0, seed by seed.
+            assert rows[(s, "topk")]["k"] == max(1, round(soft["l0"])) == rows[(s, "topk")]["l0"]
+        assoc = {(r["kappa"], r["target"], r["seed"]): r for r in m[part]["association"]}
+        for s in (*seeds, "pooled"):
+            a = assoc[("soft_k_hat", target, s)]
+            assert a["spearman_ci_low"] <= a["spearman"] <= a["spearman_ci_high"]
+        assert assoc[("soft_k_hat", target, "pooled")]["n"] == len(seeds) * n_test
+    # every model has its health checks, and a claim is conclusive only on healthy models
+    health = {(r["arm"], r["model"]) for r in m["health"]}
+    assert ("manifolds", f"soft s{p.seeds[0]}") in health and ("subspaces", f"topk s{p.seeds[-1]}") in health
+    for c in m["readme"]["claims"]:
+        assert c["verdict"] in ("conclusive", "inconclusive")
+        healthy, total = map(int, c["rests_on"].split(" ")[0].split("/"))
+        assert (c["verdict"] == "conclusive") == (healthy == total)
+    # the positive control detects the effect the test looks for
+    controls = {r["control"].split(" ")[0]: r for r in m["subspaces"]["controls"]}
+    assert controls["oracle"]["spearman"] > 0.8 and controls["k-estimator"]["spearman"] > 0.5
+    assert m["manifolds"]["bound"]["allocated_mean"] > 0
+    assert [r["ablation"] for r in m["ablations"]] == ["reference recipe", *p.ablations]
+    assert {r["estimator"] for r in m["lid_estimators"]} == {"mle", "twonn", "lpca"}
+    for fig in ("khat_vs_dimension.png", "subspaces_khat.png", "training_curves_manifolds.png"):
+        assert (root / "smoke" / "02_synthetic_manifolds" / fig).stat().st_size > 1000
 
 
 def test_lm_notebook_metrics(smoke_results):

@@ -1,0 +1,135 @@
+"""Notebook 02's experiments on data with known truth: every arm over seeds, with health and controls.
+
+Three arms (``docs/sae-variants.md``, the k̂-vs-LID tests):
+
+* ``manifolds``: the curved-manifold mixture (truth: each sample's intrinsic dimension);
+* ``subspaces``: a union of linear subspaces (truth and exact oracle: d atoms per sample);
+* ``superposition``: sparse non-negative combinations of true features (truth: the active count).
+
+Each (arm, seed) is one job (:func:`softsae_lib.experiments.matched.train_matched`: SoftSAE, then the
+baselines at its realised mean L0), and each ablation one SoftSAE job; :func:`jobs` builds them all so
+that a notebook trains everything in one :func:`~softsae_lib.experiments.parallel.run_jobs` call.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Hashable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from softsae_lib.experiments.matched import TrainedModel, fit_and_evaluate, per_sample_frame, train_matched
+from softsae_lib.profiles import SAEExperiment
+from softsae_lib.stats import summarize_association
+from softsae_lib.training.health import health_report, health_summary
+
+Runs = dict[int, dict[str, TrainedModel]]
+"""{seed: {arch: trained model}} of one arm."""
+
+
+def quiet(*_args: object) -> None:
+    """A ``log`` that prints nothing (jobs in worker processes have no notebook to print to)."""
+
+
+def matched_jobs(arm: str, x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment, seeds: tuple[int, ...],
+                 baselines: tuple[str, ...], configure: Callable[[str, int], dict] | None = None
+                 ) -> dict[Hashable, Callable[[], dict[str, TrainedModel]]]:
+    """One :func:`train_matched` job per seed, keyed ``(arm, seed)``; the seed sets initialisation and batch
+    order (the data stay as given)."""
+    return {(arm, s): functools.partial(train_matched, x_train, x_test, p.replace(seed=s), baselines=baselines,
+                                        log=quiet, configure=configure)
+            for s in seeds}
+
+
+def collect(runs: dict, arm: str) -> Runs:
+    """The ``(arm, seed)`` results of :func:`run_jobs` as {seed: {arch: model}}."""
+    return {key[1]: value for key, value in runs.items() if isinstance(key, tuple) and key[0] == arm}
+
+
+def histories(runs: Runs, archs: tuple[str, ...] | None = None) -> dict[str, pd.DataFrame]:
+    """{"<arch> s<seed>": training history} of every model of an arm (the health report's input)."""
+    return {f"{arch} s{seed}": m.history for seed, models in runs.items() for arch, m in models.items()
+            if archs is None or arch in archs}
+
+
+def health(runs: Runs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(health report, per-model summary) of every model of an arm."""
+    report = health_report(histories(runs))
+    return report, health_summary(report)
+
+
+def all_healthy(summary: pd.DataFrame, archs: tuple[str, ...] | None = None) -> list[bool]:
+    """The ``healthy`` flags of the models of ``archs`` (all when None) in a health summary."""
+    keep = summary["model"].str.split(" ").str[0].isin(archs) if archs else slice(None)
+    return summary.loc[keep, "healthy"].astype(bool).tolist()
+
+
+def models_table(runs: Runs, summary: pd.DataFrame) -> list[dict]:
+    """One row per (seed, model): its k, held-out FVU, mean L0 (and mean k̂), dead fraction, health verdict."""
+    healthy = dict(zip(summary["model"], summary["healthy"], strict=True))
+    rows = []
+    for seed, models in runs.items():
+        for arch, m in models.items():
+            rows.append({"model": arch, "seed": seed, "k": getattr(m.model.config, "k", None),
+                         "fvu": m.metrics["fvu"], "l0": m.metrics["l0"]["mean"],
+                         "k_hat_mean": m.metrics.get("k_hat", {}).get("mean"), "dead": m.metrics["dead_fraction"],
+                         "healthy": bool(healthy[f"{arch} s{seed}"])})
+    return rows
+
+
+def seed_frames(runs: Runs, **truth) -> dict[int, pd.DataFrame]:
+    """{seed: per-sample frame} with each model's sparsity columns and the given truth columns."""
+    return {seed: per_sample_frame(models, **truth) for seed, models in runs.items()}
+
+
+# ---------------------------------------------------------------------------------------- ablations
+ABLATIONS: dict[str, str] = {
+    "alpha_annealed": "α annealed 1 → α over the first 20% of the steps (the LLM recipe) instead of fixed",
+    "k_max_4k": "k̂'s upper end k_max = 4k instead of 2k",
+}
+"""SoftSAE recipe variants (name → what changes); each is trained once on the manifold arm."""
+
+
+def _ablation_settings(name: str, p: SAEExperiment) -> tuple[SAEExperiment, dict]:
+    """(experiment settings, SoftSAE config kwargs) of ablation ``name``."""
+    if name == "alpha_annealed":
+        return p.replace(alpha_anneal_fraction=0.2), {"k": p.k}
+    if name == "k_max_4k":
+        return p, {"k": p.k, "k_max": 4.0 * p.k}
+    raise ValueError(f"unknown ablation {name!r}; known: {sorted(ABLATIONS)}")
+
+
+def _train_ablation(name: str, x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment) -> TrainedModel:
+    settings, config = _ablation_settings(name, p)
+    return fit_and_evaluate("soft", p.k, x_train, x_test, settings, config)
+
+
+def ablation_jobs(x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment, names: tuple[str, ...]
+                  ) -> dict[Hashable, Callable[[], TrainedModel]]:
+    """One SoftSAE job per ablation, keyed ``("ablation", name)`` (seed ``p.seeds[0]``)."""
+    for name in names:
+        _ablation_settings(name, p)  # unknown names fail here, before any training
+    s = p.seeds[0] if hasattr(p, "seeds") else p.seed
+    return {("ablation", name): functools.partial(_train_ablation, name, x_train, x_test, p.replace(seed=s))
+            for name in names}
+
+
+def ablation_table(runs: dict, names: tuple[str, ...], truth: dict[str, np.ndarray], reference: TrainedModel,
+                   n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per ablation (and the reference recipe first): FVU, L0, dead, Spearman(k̂, true_dim) with a
+    cluster CI over ``truth["manifold"]``, and whether the model is healthy (failed checks named)."""
+    models = {"reference recipe": reference, **{n: runs[("ablation", n)] for n in names}}
+    report = health_report({n: m.history for n, m in models.items()})
+    summary = health_summary(report).set_index("model")
+    rows = []
+    for name, m in models.items():
+        assoc = summarize_association(m.per_sample["k_hat"].numpy(), truth["true_dim"], clusters=truth["manifold"],
+                                      n_boot=n_boot, seed=seed)
+        rows.append({"ablation": name, "change": ABLATIONS.get(name, "as in section 2"), "fvu": m.metrics["fvu"],
+                     "l0": m.metrics["l0"]["mean"], "dead": m.metrics["dead_fraction"],
+                     "spearman_khat_dim": assoc["spearman"], "ci_low": assoc["spearman_ci_low"],
+                     "ci_high": assoc["spearman_ci_high"], "healthy": bool(summary.loc[name, "healthy"]),
+                     "failed": summary.loc[name, "failed"]})
+    return pd.DataFrame(rows)
