@@ -44,6 +44,7 @@ import torch
 
 from softsae_lib.plots import save_figure
 from softsae_lib.provenance import save_metrics
+from softsae_lib.readme_results import claim, section
 from softsae_lib.reproduce import notebook_setup
 from softsae_lib.vision.capture import describe, embed_batch, load_vision_encoder, resolve_encoder_path
 from softsae_lib.vision.images import cache_root, load_cifar10
@@ -116,7 +117,13 @@ plt.show()
 metrics = {"params": P, "encoder": ENC, "model_dir": str(model_dir), "test_accuracy": accuracy,
            "n_test": len(test), "card_test_accuracy": record["test_accuracy"], "per_class_accuracy": per_class,
            "n_params": n_params, "weights_mb": weights_mb, "epochs_done": record["epochs_done"],
-           "train_minutes": record["minutes"], "history": hist}
+           "train_minutes": record["minutes"], "history": hist,
+           "readme": section("The CIFAR-10 ViT behind notebook 04 (`00_train_vit_cifar10`)",
+                             f"{ENC}; {P.mode} mode, {n_params} parameters, {record['epochs_done']} epochs "
+                             f"in {record['minutes']:.0f} min when it was trained.",
+                             [claim(f"test accuracy on {len(test)} CIFAR-10 test images", accuracy,
+                                    verdict="conclusive", judged_against="10% chance",
+                                    rests_on="one trained model (no SAE)")])}
 if out:
     save_metrics(out / "metrics.json", metrics)
 print(f"{ENC}: test accuracy {accuracy:.4f}")
