@@ -21,7 +21,8 @@ from softsae_lib.atomic import atomic_write_text
 
 BEGIN = "<!-- results:begin (written by `python -m softsae_lib readme`; edit the notebooks, not this block) -->"
 END = "<!-- results:end -->"
-MODEL_COLUMNS = ("model", "seed", "fvu", "l0", "dead", "healthy")
+MODEL_COLUMNS = ("model", "seeds", "fvu", "l0", "dead", "healthy")
+"""Columns of a section's model table: one row per model, FVU / L0 / dead averaged over its seeds."""
 
 
 class ReadmeError(ValueError):
@@ -41,6 +42,11 @@ def _num(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell (a literal | would end the cell)."""
+    return str(text).replace("|", "\\|")
+
+
 def claim(text: str, estimate: float | None, ci_low: float | None = None, ci_high: float | None = None,
           verdict: str = "inconclusive", judged_against: str = "", rests_on: str = "") -> dict:
     """One claim of a notebook: ``text`` (what is estimated), the estimate and its CI, what it is judged
@@ -53,11 +59,28 @@ def claim(text: str, estimate: float | None, ci_low: float | None = None, ci_hig
             "rests_on": rests_on}
 
 
+def _per_model(rows: Sequence[dict]) -> list[dict]:
+    """Rows (one per model and seed: model, fvu, l0, dead, healthy) → one per model, in first-seen order."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(str(r["model"]), []).append(r)
+    out = []
+    for name, rs in groups.items():
+        mean = {k: sum(float(r[k]) for r in rs) / len(rs) for k in ("fvu", "l0", "dead")}
+        healthy = sum(bool(r["healthy"]) for r in rs)
+        out.append({"model": name, "seeds": len(rs), **mean, "healthy": f"{healthy}/{len(rs)}"})
+    return out
+
+
 def section(title: str, setup: str, claims: Sequence[dict], models: Sequence[dict] = (),
             notes: Sequence[str] = ()) -> dict:
-    """The ``readme`` entry of a notebook's metrics.json; ``models`` rows use the keys of MODEL_COLUMNS."""
-    return {"title": title, "setup": setup, "claims": list(claims),
-            "models": [{k: m.get(k) for k in MODEL_COLUMNS} for m in models], "notes": list(notes)}
+    """The ``readme`` entry of a notebook's metrics.json.
+
+    ``models``: one dict per trained model (and seed) with ``model``, ``fvu``, ``l0``, ``dead`` and ``healthy``;
+    the block shows one row per model name with the means over its seeds and how many were healthy.
+    """
+    return {"title": title, "setup": setup, "claims": list(claims), "models": _per_model(models),
+            "notes": list(notes)}
 
 
 def _render_section(entry: dict, where: str) -> list[str]:
@@ -68,12 +91,13 @@ def _render_section(entry: dict, where: str) -> list[str]:
             ci = (f" [{_num(c['ci_low'])}, {_num(c['ci_high'])}]"
                   if c.get("ci_low") is not None and c.get("ci_high") is not None else "")
             verdict = "conclusive" if c["verdict"] == "conclusive" else "**inconclusive**"
-            lines.append(f"| {c['claim']} | {_num(c['estimate'])}{ci} | {c.get('judged_against', '')} | "
-                         f"{verdict} | {c.get('rests_on', '')} |")
+            cells = (c["claim"], f"{_num(c['estimate'])}{ci}", c.get("judged_against", ""), verdict,
+                     c.get("rests_on", ""))
+            lines.append("| " + " | ".join(_cell(v) for v in cells) + " |")
         if entry.get("models"):
             lines += ["", "| " + " | ".join(MODEL_COLUMNS) + " |", "|" + "---|" * len(MODEL_COLUMNS)]
             for m in entry["models"]:
-                lines.append("| " + " | ".join(_num(m.get(k)) for k in MODEL_COLUMNS) + " |")
+                lines.append("| " + " | ".join(_cell(_num(m.get(k))) for k in MODEL_COLUMNS) + " |")
         for note in entry.get("notes", []):
             lines += ["", note]
     except (KeyError, TypeError) as err:

@@ -21,7 +21,9 @@ def results_dir(tmp_path: Path, estimate: float = 0.812345) -> Path:
     entry = section("Synthetic (`02`)", "Setup with F = 128.",
                     [claim("Spearman(k̂, d)", estimate, 0.5, 0.9, "conclusive", "bound 0.95", "6/6 healthy"),
                      claim("Spearman(L0, d)", -0.25, None, None, "inconclusive")],
-                    models=[{"model": "soft", "seed": 0, "fvu": 0.0123, "l0": 8.4, "dead": 0.2, "healthy": False}],
+                    models=[{"model": "soft", "seed": 0, "fvu": 0.0123, "l0": 8.4, "dead": 0.2, "healthy": False},
+                            {"model": "soft", "seed": 1, "fvu": 0.0127, "l0": 8.6, "dead": 0.3, "healthy": True},
+                            {"model": "max |x|", "seed": 0, "fvu": 0.5, "l0": 2, "dead": 0, "healthy": True}],
                     notes=["A note."])
     (root / "02_synthetic_manifolds" / "metrics.json").write_text(json.dumps({"readme": entry}))
     return root
@@ -32,7 +34,8 @@ def test_render_formats_claims_models_and_timings(tmp_path):
     assert "commit `abc123`" in text and "10.1 min" in text and "02 10.0 min" in text
     assert "| Spearman(k̂, d) | 0.812 [0.5, 0.9] | bound 0.95 | conclusive | 6/6 healthy |" in text
     assert "| Spearman(L0, d) | −0.25 |  | **inconclusive** |  |" in text
-    assert "| soft | 0 | 0.0123 | 8.4 | 0.2 | **no** |" in text and text.rstrip().endswith("A note.")
+    assert "| soft | 2 | 0.0125 | 8.5 | 0.25 | 1/2 |" in text and text.rstrip().endswith("A note.")
+    assert "| max \\|x\\| | 1 | 0.5 | 2 | 0 | 1/1 |" in text  # a | inside a cell is escaped
 
 
 def test_update_writes_only_between_the_markers_and_check_catches_drift(tmp_path):
