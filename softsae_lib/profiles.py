@@ -334,7 +334,7 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
                                     sub_dict_size=64, sub_k=4, max_atoms=16, capacity_steps=100,
                                     ablations=("k_max_4k",), lid_ks=(10,), lid_ns=(500,)),
         "local": SyntheticManifolds(n_train=60000, n_test=7500, ambient_dim=64, dict_size=128, k=10,
-                                    steps=8000, batch_size=512, lr=1e-3, sup_n_train=65536, sup_n_test=8192,
+                                    steps=8000, batch_size=512, lr=3e-3, sup_n_train=65536, sup_n_test=8192,
                                     sup_d=64, sup_features=256, sup_max_active=16, sup_dict_size=256,
                                     sup_k=8, seeds=(0, 1, 2), workers=2, sub_n_train=48000, sub_n_test=8000,
                                     sub_dict_size=256, sub_k=8, ablations=("alpha_annealed", "k_max_4k"),

@@ -47,8 +47,11 @@ class HealthCriteria:
     """dead_ceiling: largest final share of dead latents."""
     max_dead_change: float = 0.05
     """dead_stable: largest absolute change of the dead fraction across the window."""
-    k_tolerance: float = 0.15
-    """k_binds: largest |mean k̂ − k| / k at the end of the soft phase."""
+    k_tolerance: float = 0.2
+    """k_binds: largest |mean k̂ − k| / k at the end of the soft phase. The budget loss is one-sided
+    (softplus of mean k̂ − k), so a healthy SoftSAE may settle somewhat below k when reconstruction
+    prefers fewer atoms (issue 18 measured 3.27 at k = 4, −18%; our manifold runs end 14–16% below);
+    a mean far below means the budget loss is not what sets the mean budget."""
     max_spread_change: float = 0.25
     """k_spread_stable: largest relative change of std(k̂) across the window."""
     max_fvu: float = 2.0
