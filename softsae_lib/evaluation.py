@@ -16,7 +16,9 @@ from softsae_lib.metrics import (
 from softsae_lib.saes.base import SAE
 
 
-def _batches(data, batch_size: int):
+def sequential_batches(data, batch_size: int):
+    """Rows of ``data`` in order as float32-ready (≤ batch_size, d) tensors: slices of an (N, d) tensor,
+    copies out of an array or memmap, or the batches of any other iterable as they come."""
     if isinstance(data, torch.Tensor):
         for i in range(0, data.shape[0], batch_size):
             yield data[i:i + batch_size]
@@ -46,7 +48,7 @@ def evaluate_sae(model: SAE, data, batch_size: int = 4096, return_per_sample: bo
     model.eval()
     device = model.W_dec.device
     stats, counts, per_sample = None, None, {}
-    for x in _batches(data, batch_size):
+    for x in sequential_batches(data, batch_size):
         x = x.to(device, torch.float32)
         z = model.encode(x)
         x_hat = model.decode(z)
