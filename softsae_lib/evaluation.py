@@ -7,7 +7,6 @@ import torch
 
 from softsae_lib.metrics import (
     feature_counts,
-    l0_per_sample,
     l0_summary,
     merge_stats,
     reconstruction_metrics_from_stats,
@@ -17,7 +16,9 @@ from softsae_lib.metrics import (
 from softsae_lib.saes.base import SAE
 
 
-def _batches(data, batch_size: int):
+def sequential_batches(data, batch_size: int):
+    """Rows of ``data`` in order as float32-ready (≤ batch_size, d) tensors: slices of an (N, d) tensor,
+    copies out of an array or memmap, or the batches of any other iterable as they come."""
     if isinstance(data, torch.Tensor):
         for i in range(0, data.shape[0], batch_size):
             yield data[i:i + batch_size]
@@ -35,39 +36,33 @@ def evaluate_sae(model: SAE, data, batch_size: int = 4096, return_per_sample: bo
     Args:
         model: a trained SAE (its stored normalisation is undone, so metrics are in raw space).
         data: (N, d) tensor/array, or an iterable of (B, d) batches, all rows used in order.
-        return_per_sample: also return per-sample L0 (and k̂ for SoftSAE) as tensors of shape (N,).
+        return_per_sample: also return the model's per-sample statistics (:meth:`SAE.per_sample_stats`:
+            L0, and k̂ for SoftSAE) as tensors of shape (N,).
 
     Returns:
         Dict with the keys of :func:`reconstruction_metrics_from_stats`, ``l0`` (summary dict),
-        the sparsity metrics (dead/dense fractions), ``n_samples``, and when asked ``per_sample``.
+        the sparsity metrics (dead/dense fractions), the model's own summaries of its per-sample
+        fields (:meth:`SAE.per_sample_summary`), ``n_samples``, and when asked ``per_sample``.
     """
     was_training = model.training
     model.eval()
     device = model.W_dec.device
-    stats, counts, l0s, k_hats = None, None, [], []
-    has_k = hasattr(model, "predict_k")
-    for x in _batches(data, batch_size):
+    stats, counts, per_sample = None, None, {}
+    for x in sequential_batches(data, batch_size):
         x = x.to(device, torch.float32)
         z = model.encode(x)
         x_hat = model.decode(z)
         stats = merge_stats(stats, reconstruction_stats(x, x_hat))
         c = feature_counts(z)
         counts = c if counts is None else counts + c
-        l0s.append(l0_per_sample(z).cpu())
-        if has_k:
-            k_hats.append(model.predict_k(x).cpu())
+        for key, value in model.per_sample_stats(x, z).items():
+            per_sample.setdefault(key, []).append(value.cpu())
     if stats is None:
         raise ValueError("evaluate_sae: data is empty")
     model.train(was_training)
-    l0 = torch.cat(l0s)
-    out = {**reconstruction_metrics_from_stats(stats), "l0": l0_summary(l0),
-           **sparsity_metrics_from_counts(counts, int(stats["n"]))}
-    if has_k:
-        k_hat = torch.cat(k_hats)
-        out["k_hat"] = l0_summary(k_hat)
-        k_max = model.config.effective_k_max
-        at_bounds = (k_hat <= 1.0) | (k_hat >= min(k_max, model.dict_size))
-        out["k_hat_at_bounds"] = float(at_bounds.float().mean())
+    per_sample = {key: torch.cat(parts) for key, parts in per_sample.items()}
+    out = {**reconstruction_metrics_from_stats(stats), "l0": l0_summary(per_sample["l0"]),
+           **sparsity_metrics_from_counts(counts, int(stats["n"])), **model.per_sample_summary(per_sample)}
     if return_per_sample:
-        out["per_sample"] = {"l0": l0, **({"k_hat": torch.cat(k_hats)} if has_k else {})}
+        out["per_sample"] = per_sample
     return out

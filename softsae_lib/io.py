@@ -12,6 +12,9 @@ truncated or hand-written config is reported rather than filled in with defaults
 
 Folders written by the previous format (``format_version`` 1: weights in ``model.safetensors``,
 no config checksum) still load; every config field is required there too (that writer stored all).
+Configs saved before a field was added to an architecture's config are brought up to date by its
+``config_cls.migrate`` (filled with the old behaviour, e.g. SoftSAE without its schedule fields),
+before the all-fields check; the saved file is not changed.
 """
 
 from __future__ import annotations
@@ -90,11 +93,13 @@ def save_sae(model: SAE, folder: str | Path, metadata: dict | None = None) -> Pa
 
 
 def _require_config_fields(path: Path, doc: dict) -> None:
+    """Migrate ``doc['config']`` (in place) to the current config class and require every field."""
     cls = ARCHITECTURES[doc["arch"]]
     cfg = doc.get("config")
     if not isinstance(cfg, dict):
         raise SAEFileError(f"{path}: field 'config' must be an object of {cls.config_cls.__name__} "
                            f"fields, got {type(cfg).__name__}")
+    cfg = doc["config"] = cls.config_cls.migrate(cfg)
     fields = {f.name for f in dataclasses.fields(cls.config_cls)}
     unknown = sorted(set(cfg) - fields)
     if unknown:

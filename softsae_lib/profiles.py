@@ -99,6 +99,9 @@ class SAEExperiment(Settings):
     alpha_anneal_fraction: float | None = None
     """SoftSAE's α anneal 1 → α over this fraction of the steps; None trains at α from the first step
     (the official CLIP config: annealing collapsed k̂ to its lower clamp on this data)."""
+    baseline_k_anneal: bool = True
+    """Anneal k from d for the baselines too; False gives the k anneal only to architectures whose
+    published recipe has it (SoftSAE), as issue 18 suggests (it cost TopK/BatchTopK quality)."""
     dead_threshold: int | None = None
     """Samples without firing after which a latent is dead; None: 50 batches."""
     n_boot: int = 1000

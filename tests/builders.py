@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from softsae_lib.saes import StepContext
+from softsae_lib.saes.soft import HARD_PHASE, SoftStepContext
 
 
 def gaussian(n: int, d: int, seed: int = 0, scale: float = 1.0, shift: float = 0.0,
@@ -19,7 +19,8 @@ def gaussian(n: int, d: int, seed: int = 0, scale: float = 1.0, shift: float = 0
 
 
 def step_context(k: float = 4, alpha: float = 1e-2, hard: bool = False, step: int = 0, total: int = 100,
-                 sparsity_scale: float = 1.0) -> StepContext:
-    """The per-step values the trainer hands to ``SAE.loss`` (target k, LapSum α, hard phase, …)."""
-    return StepContext(step=step, total_steps=total, k=k, alpha=alpha, hard=hard,
-                       sparsity_scale=sparsity_scale)
+                 sparsity_scale: float = 1.0) -> SoftStepContext:
+    """The per-step values the trainer hands to ``SAE.loss`` (target k, LapSum α, hard phase, …);
+    SoftSAE's context, which every architecture accepts."""
+    return SoftStepContext(step=step, total_steps=total, k=k, sparsity_scale=sparsity_scale,
+                           phase=HARD_PHASE if hard else "train", alpha=alpha)

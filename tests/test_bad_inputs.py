@@ -32,7 +32,7 @@ def _model():
 @pytest.mark.parametrize("field,value", [
     ("grad_clip", -1.0), ("grad_clip", 0.0), ("grad_clip", math.nan), ("warmup_steps", -1),
     ("decay_start", -5), ("steps", 2.5), ("batch_size", 0), ("lr", -1e-3), ("lr", math.inf),
-    ("adam_betas", (1.0, 0.9)), ("adam_betas", (0.9,)), ("auxk_alpha", -0.1),
+    ("adam_betas", (1.0, 0.9)), ("adam_betas", (0.9,)), ("auxk_weight", -0.1),
     ("divergence_factor", 0.0), ("dead_threshold", -1), ("k_aux", 0), ("resume", "yes"),
     ("seed", -1), ("normalization_batches", 0), ("sparsity_warmup_steps", -2), ("log_every", True),
     ("checkpoint_dir", 3), ("progress", 1),
@@ -44,7 +44,7 @@ def test_train_config_rejects(field: str, value) -> None:
 
 def test_train_config_accepts_edges() -> None:
     cfg = TrainConfig(grad_clip=None, warmup_steps=0, decay_start=0, lr=0.0, adam_betas=[0.0, 0.999],
-                      checkpoint_dir=Path("/tmp/x"), auxk_alpha=0)
+                      checkpoint_dir=Path("/tmp/x"), auxk_weight=0)
     assert cfg.adam_betas == (0.0, 0.999) and cfg.checkpoint_dir == "/tmp/x"
 
 

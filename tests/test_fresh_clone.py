@@ -243,8 +243,7 @@ def test_help_is_plain_text_with_defaults_architectures_and_profiles(tmp_path):
     from softsae_lib.saes import ARCHITECTURES
 
     assert all(arch in train for arch in ARCHITECTURES)
-    for flag in ("--k-anneal-steps", "--alpha-anneal-steps", "--hard-topk-steps", "--grad-clip",
-                 "--dead-threshold", "--auxk-alpha"):
+    for flag in ("--k-anneal-steps", "--grad-clip", "--dead-threshold", "--auxk-weight"):
         assert flag in train, flag
     assert "(default: 1000)" in train and "10% of" in train  # steps default; warm-up rule
 
@@ -254,7 +253,7 @@ def test_train_cli_prints_the_model_path_and_scales_warmup(tmp_path):
 
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(256, 8)).astype(np.float32))
     proc = _cli("train", "--data", "x.npy", "--arch", "topk", "--dict-size", "16", "--k", "2",
-                "--steps", "40", "--batch-size", "32", "--alpha-anneal-steps", "5", "--out", "run",
+                "--steps", "40", "--batch-size", "32", "--out", "run",
                 cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert f"model written to {Path('run') / 'model'}" in proc.stdout

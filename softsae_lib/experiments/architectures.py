@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from softsae_lib.evaluation import sequential_batches
 from softsae_lib.experiments.matched import (
     TrainedModel,
     association_table,
@@ -71,8 +72,7 @@ def per_sample_sparsity(model: SAE, x: torch.Tensor, batch_size: int = 4096) -> 
     """``model.sparsity`` over x: (N, d) in batches: (N,) float."""
     model.eval()
     device = model.norm_scale.device
-    return torch.cat([model.sparsity(x[i:i + batch_size].to(device)).cpu()
-                      for i in range(0, x.shape[0], batch_size)])
+    return torch.cat([model.sparsity(rows.to(device)).cpu() for rows in sequential_batches(x, batch_size)])
 
 
 def _with_sparsity(m: TrainedModel, x_test: torch.Tensor) -> TrainedModel:

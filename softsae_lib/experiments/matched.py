@@ -17,7 +17,7 @@ import torch
 
 from softsae_lib.evaluation import evaluate_sae
 from softsae_lib.profiles import SAEExperiment
-from softsae_lib.saes import SAE, make_sae
+from softsae_lib.saes import ARCHITECTURES, SAE, make_sae
 from softsae_lib.stats import summarize_association
 from softsae_lib.training import TrainConfig, train_sae
 
@@ -42,21 +42,28 @@ def dead_threshold(p: SAEExperiment) -> int:
 
 
 def train_config(p: SAEExperiment, arch: str) -> TrainConfig:
-    """The schedule shared by every model of an experiment (SoftSAE adds its α schedule and hard phase).
+    """The schedule shared by every model of an experiment.
 
-    ``p.alpha_anneal_fraction`` (None: α = α_final from the first step, as in the official CLIP
-    config SoftSAE_220.json) sets SoftSAE's α anneal 1 → 1e-4 as a fraction of the steps.
+    k anneals from d over the first 5 % of the steps for every architecture while
+    ``p.baseline_k_anneal`` is True, else only for those whose published recipe anneals k
+    (``recipe_anneals_k``: SoftSAE). An architecture's own schedules (SoftSAE's α anneal and hard
+    phase) are fields of its model config, set by :func:`model_config`.
     """
     steps = p.steps
-    anneal = p.alpha_anneal_fraction
+    anneal_k = p.baseline_k_anneal or ARCHITECTURES[arch].recipe_anneals_k
     return TrainConfig(
         steps=steps, batch_size=p.batch_size, lr=p.lr, warmup_steps=max(1, steps // 20),
-        decay_start=int(0.8 * steps), k_anneal_steps=max(1, steps // 20),
-        alpha_anneal_steps=max(1, int(anneal * steps)) if arch == "soft" and anneal else None,
-        hard_topk_steps=steps // 10 if arch == "soft" else None,
+        decay_start=int(0.8 * steps), k_anneal_steps=max(1, steps // 20) if anneal_k else None,
         dead_threshold=dead_threshold(p), seed=p.seed,
         log_every=max(1, steps // 100), progress=p.progress, device=p.device,
     )
+
+
+def model_config(p: SAEExperiment, arch: str, config: dict) -> dict:
+    """Config kwargs of ``arch`` in experiment ``p``: the architecture's own recipe
+    (:meth:`SAE.recipe_config`, e.g. SoftSAE's hard phase over the last tenth of the run and
+    ``p.alpha_anneal_fraction``) under the explicit ``config``."""
+    return {**ARCHITECTURES[arch].recipe_config(p), **config}
 
 
 def fit_and_evaluate(arch: str, k: int, x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment,
@@ -68,7 +75,8 @@ def fit_and_evaluate(arch: str, k: int, x_train: torch.Tensor, x_test: torch.Ten
     is not part of ``train_seconds``.
     """
     config = {"k": k} if config is None else config
-    model = make_sae(arch, d_model=x_train.shape[1], dict_size=p.dict_size, seed=p.seed, **config)
+    model = make_sae(arch, d_model=x_train.shape[1], dict_size=p.dict_size, seed=p.seed,
+                     **model_config(p, arch, config))
     t0 = time.perf_counter()
     result = train_sae(model, x_train, train_config(p, arch))
     seconds = time.perf_counter() - t0

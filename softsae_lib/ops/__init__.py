@@ -1,5 +1,6 @@
-"""Tensor operators the SAEs are built from: soft (LapSum) and hard top-k, sparsemax, the k-estimator
-head, and the geometric median (b_dec's initialisation)."""
+"""Tensor operators the SAEs are built from. Exported here: soft (LapSum) and hard top-k selection and
+the geometric median (b_dec's initialisation); sparsemax (``ops.sparsemax``) and the k-estimator head
+(``ops.relu_mlp_head``) are imported from their modules."""
 
 from softsae_lib.ops.geometric_median import geometric_median
 from softsae_lib.ops.hard_topk import batch_topk, per_row_topk, topk_mask

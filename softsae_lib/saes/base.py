@@ -20,12 +20,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
+from softsae_lib.metrics import l0_per_sample
 from softsae_lib.ops.geometric_median import geometric_median
+from softsae_lib.saes.auxk import auxk_loss
+from softsae_lib.saes.schedules import annealed_k, warmup_scale
 
 NORMALIZATIONS = ("scale", "scale_shift", "none")
 
@@ -49,6 +52,12 @@ class SAEConfig:
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
 
+    @classmethod
+    def migrate(cls, fields: dict[str, Any], train_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Bring the fields of a config saved by an earlier version (and the TrainConfig it was trained
+        with, where known) up to this class: fill fields added since, with the old behaviour."""
+        return dict(fields)
+
 
 def check_k(k: int, dict_size: int) -> None:
     """Top-k-style configs: the budget must lie in [1, dict_size]."""
@@ -56,22 +65,47 @@ def check_k(k: int, dict_size: int) -> None:
         raise ValueError(f"k must be in [1, dict_size={dict_size}], got {k}")
 
 
+class TrainSchedule(Protocol):
+    """The training-configuration values the model hooks read (``TrainConfig`` has them all)."""
+
+    steps: int
+    k_anneal_steps: int | None
+    sparsity_warmup_steps: int
+    auxk_weight: float
+    k_aux: int | None
+
+
 @dataclass
 class StepContext:
-    """What the trainer tells a model about the current optimisation step."""
+    """What the trainer tells a model about the current optimisation step (made by
+    :meth:`SAE.step_context`; an architecture with schedules of its own returns a subclass)."""
 
     step: int
     """Index of the step being taken (0-based)."""
     total_steps: int
     """Number of steps in the whole run."""
-    k: float
-    """Current (annealed) sparsity target for top-k-style models."""
-    alpha: float
-    """Current LapSum scale (SoftSAE)."""
-    hard: bool
-    """True in the final hard phase (SoftSAE: hard top-⌊k̂⌋, frozen k-estimator)."""
+    k: float = 0
+    """Current (annealed) sparsity target for top-k-style models (0 for models without a k)."""
     sparsity_scale: float = 1.0
     """Warm-up factor in [0, 1] for penalty coefficients (L1, L0)."""
+    phase: str = "train"
+    """Name of the training phase; anything but 'train' is a special phase (SoftSAE: 'hard')."""
+
+    @property
+    def special_phase(self) -> bool:
+        """True outside the ordinary 'train' phase."""
+        return self.phase != "train"
+
+    def history_values(self) -> dict[str, float | bool | str]:
+        """The schedule's columns of a training-history row: k, α (1.0 for models without one),
+        hard (= special phase) and phase."""
+        return {"k": self.k, "alpha": 1.0, "hard": self.special_phase, "phase": self.phase}
+
+
+def firing(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fired (F,) bool, n_fired scalar) of a (B, F) bool selection: the latents that fired anywhere
+    in the batch and the number of (sample, latent) firings (count_nonzero avoids an int64 cast)."""
+    return active.any(dim=0), torch.count_nonzero(active)
 
 
 @dataclass
@@ -79,29 +113,32 @@ class LossOutput:
     """Result of :meth:`SAE.loss` on a normalised batch x_n: (B, d)."""
 
     loss: torch.Tensor
-    """Scalar total loss of the architecture (AuxK is added by the trainer)."""
+    """Scalar total loss of the architecture (its auxiliary loss is added by the trainer)."""
     recon: torch.Tensor
     """(B, d) reconstruction in normalised space."""
     pre_acts: torch.Tensor
     """(B, F) non-negative pre-selection activations (used by AuxK for dead latents)."""
-    active: torch.Tensor | None
-    """(B, F) bool: which latents count as having fired (dead-latent tracking and the logged L0);
-    None when the architecture gives the two reductions below instead."""
+    fired: torch.Tensor
+    """(F,) bool: latents that fired anywhere in the batch (dead-latent tracking)."""
+    n_fired: torch.Tensor
+    """Scalar: number of (sample, latent) firings in the batch (the logged L0 is n_fired / B).
+    :func:`firing` builds both from a (B, F) mask; a compact selection can give them directly."""
     terms: dict[str, float] = dataclasses.field(default_factory=dict)
     """Named loss components and diagnostics for the training history."""
-    fired: torch.Tensor | None = None
-    """(F,) bool: latents that fired anywhere in the batch; default ``active.any(0)``."""
-    n_fired: torch.Tensor | None = None
-    """Scalar: number of (sample, latent) firings in the batch; default ``count_nonzero(active)``.
-    Giving ``fired`` and ``n_fired`` from a compact selection saves two passes over (B, F)."""
+    active: torch.Tensor | None = None
+    """(B, F) bool selection, kept for the architecture's own :meth:`SAE.after_step` (the trainer
+    reads only ``fired`` and ``n_fired``); None when the architecture does not need it."""
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Architecture-private intermediate values for its own hooks (e.g. Tree's per-layer AuxK)."""
 
-    def fired_latents(self) -> torch.Tensor:
-        """(F,) bool: which latents fired in this batch."""
-        return self.active.any(dim=0) if self.fired is None else self.fired
-
-    def firing_count(self) -> torch.Tensor:
-        """Scalar tensor: Σ_b L0_b over the batch (count_nonzero avoids an int64 (B, F) cast)."""
-        return torch.count_nonzero(self.active) if self.n_fired is None else self.n_fired
+    @classmethod
+    def from_active(cls, loss: torch.Tensor, recon: torch.Tensor, pre_acts: torch.Tensor,
+                    active: torch.Tensor, terms: dict[str, float] | None = None,
+                    extras: dict[str, Any] | None = None) -> LossOutput:
+        """The output of an architecture whose selection is the (B, F) bool mask ``active``
+        (``fired`` and ``n_fired`` are computed from it, and it is kept for ``after_step``)."""
+        return cls(loss, recon, pre_acts, *firing(active), terms if terms is not None else {},
+                   active=active, extras=extras if extras is not None else {})
 
 
 class SAE(nn.Module):
@@ -114,7 +151,10 @@ class SAE(nn.Module):
     constrain_decoder: ClassVar[bool] = True
     """Keep decoder rows at unit norm (parallel-gradient removal + renormalisation)."""
     uses_auxk: ClassVar[bool] = True
-    """Whether the trainer adds the AuxK dead-latent loss."""
+    """Whether the default :meth:`auxiliary_loss` is AuxK on the trainer's dead latents."""
+    recipe_anneals_k: ClassVar[bool] = False
+    """Whether the architecture's published recipe anneals k from d down to its k (SoftSAE's does);
+    experiments may give the anneal to such architectures only."""
     synced_buffers: ClassVar[tuple[str, ...]] = ()
     """Running statistics that data-parallel training averages across ranks after every step."""
 
@@ -171,6 +211,55 @@ class SAE(nn.Module):
     @torch.no_grad()
     def after_step(self, out: LossOutput, ctx: StepContext) -> None:
         """Update non-gradient state (e.g. inference thresholds) after an optimiser step."""
+
+    # ------------------------------------------------------------------ hooks for the trainer
+    def step_context(self, step: int, train: TrainSchedule) -> StepContext:
+        """The schedule values of ``step``: k annealed from d to ``config.k`` over
+        ``train.k_anneal_steps`` (models with a k; 0 otherwise) and the penalty warm-up.
+        Architectures with schedules of their own extend the result."""
+        k_target = getattr(self.config, "k", None)
+        return StepContext(
+            step=step, total_steps=train.steps,
+            k=annealed_k(step, self.d_model, k_target, train.k_anneal_steps) if k_target else 0,
+            sparsity_scale=warmup_scale(step, train.sparsity_warmup_steps),
+        )
+
+    def needs_dead_mask(self, train: TrainSchedule) -> bool:
+        """Whether :meth:`auxiliary_loss` reads the trainer's dead mask (the trainer skips its (F,)
+        comparison otherwise)."""
+        return self.uses_auxk and train.auxk_weight > 0
+
+    def auxiliary_loss(self, out: LossOutput, x_n: torch.Tensor, ctx: StepContext,
+                       dead: torch.Tensor | None,
+                       train: TrainSchedule) -> tuple[torch.Tensor, dict[str, float]] | None:
+        """The weighted auxiliary loss term the trainer adds to ``out.loss``, with its history terms.
+
+        Default (``uses_auxk``): ``train.auxk_weight`` · AuxK on the dead latents, when any is dead.
+        Args: out of :meth:`loss` on x_n: (B, d); dead: (F,) bool, or None before any latent can be
+        dead (or when :meth:`needs_dead_mask` is False). Returns None for no auxiliary term.
+        """
+        if not self.uses_auxk or dead is None or not bool(dead.any()):
+            return None
+        k_aux = train.k_aux if train.k_aux is not None else self.d_model // 2
+        aux = auxk_loss(out.pre_acts, x_n - out.recon, dead, self.W_dec, k_aux)
+        return train.auxk_weight * aux, {"auxk": aux.item()}
+
+    @classmethod
+    def recipe_config(cls, experiment: Any) -> dict[str, Any]:
+        """Config fields of the architecture's own training recipe in an experiment (an
+        ``SAEExperiment``-like object); merged under the experiment's explicit config."""
+        return {}
+
+    # ------------------------------------------------------------------ per-sample statistics
+    @torch.no_grad()
+    def per_sample_stats(self, x: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample sparsity for evaluation: {'l0': (B,) nonzero codes} for raw x: (B, d) and its
+        inference codes z: (B, F). Architectures add their own (B,) fields (SoftSAE: 'k_hat')."""
+        return {"l0": l0_per_sample(z)}
+
+    def per_sample_summary(self, per_sample: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Evaluation metrics of the architecture's own per-sample fields (all samples, (N,) each)."""
+        return {}
 
     # ------------------------------------------------------------------ shared building blocks
     @property

@@ -11,7 +11,8 @@ affinity is a more important match):
   Tokens get a variable number of features. Inference [ours, docs/sae-variants.md §6]: per-feature
   thresholds θ_j = EMA of the smallest activation feature j kept per batch; f_j = r_j·1[r_j > θ_j].
 
-Both replace AuxK by the aux-Zipf **variant** of :mod:`softsae_lib.saes.zipf` (the paper's exact
+Both replace AuxK by the aux-Zipf **variant** of :mod:`softsae_lib.saes.zipf` (their
+:meth:`~MutualChoiceSAE.auxiliary_loss`; the paper's exact
 ``aux_zipf_loss`` formula is not publicly retrievable; see that module). Choices of ours:
 * Zipf capacities rank features by an EMA of their mean affinity mean_b r_bj (not by their realised
   density, which under FC just mirrors the capacity it was given); before the first update all
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from softsae_lib.ops.hard_topk import batch_topk
-from softsae_lib.saes.base import LossOutput, StepContext
+from softsae_lib.saes.base import LossOutput, StepContext, TrainSchedule
 from softsae_lib.saes.batch_topk import BatchTopKConfig, BatchTopKSAE
 from softsae_lib.saes.zipf import allocate_integer, aux_zipf_variant_loss, water_fill, zipf_targets
 
@@ -102,20 +103,24 @@ class MutualChoiceSAE(BatchTopKSAE):
         return batch_topk(r, k)
 
     def loss(self, x_n: torch.Tensor, ctx: StepContext) -> LossOutput:
-        cfg = self.config
-        k = min(ctx.k, self.dict_size)
         r = self.pre_activations(x_n).relu_()
-        z = self.select(r, k)
+        z = self.select(r, min(ctx.k, self.dict_size))
         recon = self.decode_normalized(z)
         l2 = self.recon_loss(x_n, recon)
-        loss, terms = l2, {"l2": l2.item()}
-        if cfg.aux_alpha > 0 and int(self.density_steps) > 0:
-            k_aux = cfg.k_aux if cfg.k_aux is not None else self.d_model // 2
-            aux, n_under = aux_zipf_variant_loss(r, x_n - recon, self.density, self.W_dec, k, k_aux,
-                                                 cfg.zipf_exponent, cfg.underuse_gamma)
-            loss = loss + cfg.aux_alpha * aux
-            terms.update(aux_zipf=aux.item(), underused_fraction=n_under / self.dict_size)
-        return LossOutput(loss, recon, r, z > 0, terms)
+        return LossOutput.from_active(l2, recon, r, z > 0, {"l2": l2.item()})
+
+    def auxiliary_loss(self, out: LossOutput, x_n: torch.Tensor, ctx: StepContext,
+                       dead: torch.Tensor | None,
+                       train: TrainSchedule) -> tuple[torch.Tensor, dict[str, float]] | None:
+        """``aux_alpha`` · the aux-Zipf variant on the underused features (from the second step)."""
+        cfg = self.config
+        if not (cfg.aux_alpha > 0 and int(self.density_steps) > 0):
+            return None
+        k_aux = cfg.k_aux if cfg.k_aux is not None else self.d_model // 2
+        aux, n_under = aux_zipf_variant_loss(out.pre_acts, x_n - out.recon, self.density, self.W_dec,
+                                             min(ctx.k, self.dict_size), k_aux, cfg.zipf_exponent,
+                                             cfg.underuse_gamma)
+        return cfg.aux_alpha * aux, {"aux_zipf": aux.item(), "underused_fraction": n_under / self.dict_size}
 
     @torch.no_grad()
     def update_density(self, active: torch.Tensor) -> None:

@@ -110,4 +110,4 @@ class MatryoshkaSAE(BatchTopKSAE):
             total = total / len(per_prefix)
         terms = {"l2": per_prefix[-1].item(), "threshold": float(self.threshold)}
         terms.update({f"l2_prefix{j + 1}": v.item() for j, v in enumerate(per_prefix[:-1])})
-        return LossOutput(total, recons[-1], r, z > 0, terms)
+        return LossOutput.from_active(total, recons[-1], r, z > 0, terms)

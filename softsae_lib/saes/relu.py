@@ -39,7 +39,7 @@ class ReLUSAE(SAE):
         l2 = self.recon_loss(x_n, recon)
         l1 = (f * self.W_dec.norm(dim=1)).sum(dim=-1).mean()
         loss = l2 + self.config.l1_coeff * ctx.sparsity_scale * l1
-        return LossOutput(loss, recon, f, f > 0, {"l2": l2.item(), "l1": l1.item()})
+        return LossOutput.from_active(loss, recon, f, f > 0, {"l2": l2.item(), "l1": l1.item()})
 
     @torch.no_grad()
     def fold_decoder_norms(self) -> None:

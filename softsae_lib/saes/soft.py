@@ -9,6 +9,11 @@ Forward (``docs/method.md`` §1.2), with x̃ = x_n − b_dec:
 
 Loss (docs/method.md §1.3): ‖x_n − x̂_n‖² + λ_k · softplus_β(mean_b k̂ − k(t)), β = 5, plus AuxK (trainer).
 
+Schedule (the model's own, :meth:`SoftSAE.step_context`): α anneals linearly 1 → α over
+``alpha_anneal_fraction`` of the run, and the last ``hard_phase_fraction`` of the run is the 'hard'
+phase (hard top-⌊k̂⌋, frozen k-estimator). The published recipe also anneals k from d
+(``recipe_anneals_k``) and puts the last tenth of the run in the hard phase (:meth:`recipe_config`).
+
 Choices, relative to the official code:
 * k_max = 2k as in the LLM copy (the CLIP copy's k-annealing makes it 2d; we do not follow that).
 * Inference floors k̂ (the official ``.long()``), in the hard training phase and at inference alike.
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F_
@@ -35,7 +41,11 @@ from softsae_lib.collectives import global_mean
 from softsae_lib.ops.hard_topk import per_row_topk
 from softsae_lib.ops.relu_mlp_head import relu_mlp_head
 from softsae_lib.ops.soft_topk import soft_topk_gate
-from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext, check_k
+from softsae_lib.metrics import l0_summary
+from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext, TrainSchedule, check_k, firing
+from softsae_lib.saes.schedules import annealed_alpha, fraction_steps, in_hard_phase, steps_fraction
+
+HARD_PHASE = "hard"
 
 
 @dataclass
@@ -50,6 +60,10 @@ class SoftSAEConfig(SAEConfig):
     """λ_k of the budget loss."""
     k_loss_beta: float = 5.0
     """β of the softplus budget loss (hard-coded 5 in the official code)."""
+    alpha_anneal_fraction: float | None = None
+    """Anneal α linearly from 1 down to ``alpha`` over this fraction of the run (None/0: no anneal)."""
+    hard_phase_fraction: float = 0.0
+    """Train the last fraction of the run with hard top-⌊k̂⌋ and a frozen k-estimator (0: none)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,15 +72,52 @@ class SoftSAEConfig(SAEConfig):
             raise ValueError(f"k_max must be ≥ 1, got {self.k_max}")
         if not self.alpha > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        for name in ("alpha_anneal_fraction", "hard_phase_fraction"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
+
+    @classmethod
+    def migrate(cls, fields: dict[str, Any], train_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Fill the schedule fields that configs saved before they existed lack: the schedule the
+        saved TrainConfig asked for (its ``alpha_anneal_steps`` / ``hard_topk_steps`` of ``steps``),
+        else none. Returns a new dict; fields already present are kept."""
+        fields, train = dict(fields), train_config or {}
+        steps = train.get("steps") or 1
+        if "alpha_anneal_fraction" not in fields:
+            n = train.get("alpha_anneal_steps")
+            fields["alpha_anneal_fraction"] = steps_fraction(min(n, steps), steps) if n else None
+        if "hard_phase_fraction" not in fields:
+            n = train.get("hard_topk_steps")
+            fields["hard_phase_fraction"] = steps_fraction(min(n, steps), steps) if n else 0.0
+        return fields
 
     @property
     def effective_k_max(self) -> float:
         return float(2 * self.k if self.k_max is None else self.k_max)
 
 
+@dataclass
+class SoftStepContext(StepContext):
+    """SoftSAE's step: the generic values plus the current LapSum scale α (phase 'hard' in the
+    final hard phase)."""
+
+    alpha: float = 1e-4
+    """Current LapSum scale α."""
+
+    @property
+    def hard(self) -> bool:
+        """True in the final hard phase (hard top-⌊k̂⌋, frozen k-estimator)."""
+        return self.phase == HARD_PHASE
+
+    def history_values(self) -> dict[str, float | bool | str]:
+        return {**super().history_values(), "alpha": self.alpha}
+
+
 class SoftSAE(SAE):
     arch = "soft"
     config_cls = SoftSAEConfig
+    recipe_anneals_k = True
 
     def _init_extra(self, gen: torch.Generator) -> None:
         F = self.dict_size
@@ -92,6 +143,35 @@ class SoftSAE(SAE):
         self._check_input(x)
         return self.predict_k_normalized(self.normalize(x))
 
+    def step_context(self, step: int, train: TrainSchedule) -> SoftStepContext:
+        """The generic schedule plus α (annealed over ``alpha_anneal_fraction`` of the run) and
+        the hard phase (the last ``hard_phase_fraction`` of the run)."""
+        cfg, steps = self.config, train.steps
+        frac = cfg.alpha_anneal_fraction
+        anneal = max(1, fraction_steps(frac, steps)) if frac else None
+        hard = in_hard_phase(step, steps, fraction_steps(cfg.hard_phase_fraction, steps))
+        base = super().step_context(step, train)
+        return SoftStepContext(**vars(base) | {"phase": HARD_PHASE if hard else base.phase},
+                               alpha=annealed_alpha(step, cfg.alpha, anneal))
+
+    @classmethod
+    def recipe_config(cls, experiment: Any) -> dict[str, Any]:
+        """The published recipe: the last tenth of the run in the hard phase, and the α anneal over
+        the experiment's ``alpha_anneal_fraction`` (None: α from the first step)."""
+        return {"hard_phase_fraction": 0.1,
+                "alpha_anneal_fraction": getattr(experiment, "alpha_anneal_fraction", None)}
+
+    @torch.no_grad()
+    def per_sample_stats(self, x: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{'l0', 'k_hat'}: the nonzero codes and the continuous budget k̂(x), (B,) each."""
+        return {**super().per_sample_stats(x, z), "k_hat": self.predict_k(x)}
+
+    def per_sample_summary(self, per_sample: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """'k_hat' (summary of k̂) and 'k_hat_at_bounds' (fraction of samples with k̂ at a clamp)."""
+        k_hat = per_sample["k_hat"]
+        at_bounds = (k_hat <= 1.0) | (k_hat >= min(self.config.effective_k_max, self.dict_size))
+        return {"k_hat": l0_summary(k_hat), "k_hat_at_bounds": float(at_bounds.float().mean())}
+
     def encode_normalized(self, x_n: torch.Tensor) -> torch.Tensor:
         r = self.pre_activations(x_n).relu_()
         with torch.no_grad():
@@ -101,15 +181,17 @@ class SoftSAE(SAE):
     def loss(self, x_n: torch.Tensor, ctx: StepContext) -> LossOutput:
         cfg = self.config
         r = self.pre_activations(x_n).relu_()
-        if ctx.hard:
+        alpha = ctx.alpha if isinstance(ctx, SoftStepContext) else cfg.alpha
+        if ctx.phase == HARD_PHASE:
             with torch.no_grad():  # frozen estimator: its grads stay None and Adam skips it
                 k_hat = self.predict_k_normalized(x_n)
             z = per_row_topk(r, k_hat)
-            active, fired, n_fired = z > 0, None, None
+            active = z > 0
+            fired, n_fired = firing(active)
             k_loss = r.new_zeros(())
         else:
             k_hat = self.predict_k_normalized(x_n)
-            gate = soft_topk_gate(r, k_hat.unsqueeze(1), ctx.alpha)  # r ⊙ p, fused backward
+            gate = soft_topk_gate(r, k_hat.unsqueeze(1), alpha)  # r ⊙ p, fused backward
             z = gate.z
             # Fired = selected by the hard top-⌊k̂⌋ that inference would use (and positive); read
             # off the gate's sorted window, (B, K), instead of comparing all of r: (B, F).
@@ -126,5 +208,5 @@ class SoftSAE(SAE):
         loss = l2 + cfg.k_loss_weight * k_loss
         terms = {"l2": l2.item(), "k_loss": k_loss.item(), "k_hat_mean": k_hat.mean().item(),
                  "k_hat_std": k_hat.std().item() if k_hat.numel() > 1 else 0.0}
-        return LossOutput(loss, recon, r, active, terms, fired=fired, n_fired=n_fired)
+        return LossOutput(loss, recon, r, fired, n_fired, terms, active=active)
 

@@ -160,7 +160,7 @@ class SparsemaxAttentionSAE(SAE):
         used = (support & ~self.dense_mask).sum(dim=-1).float()
         terms = {"l2": l2.item(), "support_mean": used.mean().item(),
                  "dense_latents": int(self.dense_mask.sum()), "score_scale": float(self.score_scale)}
-        return LossOutput(loss, recon, torch.relu(s.detach()), support & (z != 0), terms)
+        return LossOutput.from_active(loss, recon, torch.relu(s.detach()), support & (z != 0), terms)
 
     @torch.no_grad()
     def after_step(self, out: LossOutput, ctx: StepContext) -> None:

@@ -35,4 +35,4 @@ class TopKSAE(SAE):
         z = per_row_topk(r, int(min(ctx.k, self.dict_size)))
         recon = self.decode_normalized(z)
         l2 = self.recon_loss(x_n, recon)
-        return LossOutput(l2, recon, r, z > 0, {"l2": l2.item()})
+        return LossOutput.from_active(l2, recon, r, z > 0, {"l2": l2.item()})

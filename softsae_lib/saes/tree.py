@@ -23,8 +23,10 @@ Choices of ours (the sources are silent or we deliberately differ):
 * The library's dataset normalisation replaces the paper's per-token standardisation (N3), so all
   architectures in a comparison see the same inputs; there is an encoder bias b_enc (the code has
   none). AuxK has no b_dec (docs/sae-variants.md §0; the code adds it).
-* Dead tracking, AuxK and reallocation use this model's own counters (``dead_tokens``), since the
-  trainer's dead mask is not passed to models; the trainer's AuxK is off (``uses_auxk = False``).
+* Dead tracking, AuxK and reallocation use this model's own counters (``dead_tokens``; the parents'
+  eligibility needs them), not the trainer's dead mask. The per-layer AuxK stays inside
+  :meth:`TreeSAE.loss` (it is part of the cumulative loss, Eq. 3, whose value the allocation reads),
+  so the default :meth:`~softsae_lib.saes.base.SAE.auxiliary_loss` is off (``uses_auxk = False``).
 * The trainer's annealed k is ignored: per-layer budgets are fixed, as in the code.
 * Initial parents are uniform over the root and all earlier features (seeded); a moved child keeps
   its weights and its dead counter.
@@ -215,7 +217,7 @@ class TreeSAE(SAE):
         terms = {"l2": per_layer[-1].item(), "auxk": aux_total.item(),
                  "dead_fraction_model": dead.float().mean().item()}
         terms.update({f"l2_layer{j + 1}": v.item() for j, v in enumerate(per_layer[:-1])})
-        return LossOutput(loss, recon, torch.relu(z.detach()), codes > cfg.active_threshold, terms)
+        return LossOutput.from_active(loss, recon, torch.relu(z.detach()), codes > cfg.active_threshold, terms)
 
     # ------------------------------------------------------------------ dynamic allocation
     @torch.no_grad()
@@ -225,9 +227,9 @@ class TreeSAE(SAE):
             # Parents, dead counters and capacities would have to be reduced *before* reallocating
             # (max over ranks for firing, sum for capacities) to keep the tree identical on every rank.
             raise NotImplementedError("TreeSAE does not support data-parallel training yet")
-        fired = out.active.any(dim=0)
+        fired = out.fired
         self.since_fired.copy_(torch.where(fired, torch.zeros_like(self.since_fired),
-                                           self.since_fired + out.active.shape[0]))
+                                           self.since_fired + out.recon.shape[0]))
         self.alloc_steps.add_(1)
         self.since_realloc.add_(1)
         if bool(self.root_reset_done) or self.n_layers < 2:

@@ -3,7 +3,9 @@
 The file holds only tensors and plain Python values and is read with ``torch.load(weights_only=True)``,
 so a crafted checkpoint cannot run code; its structure is checked before anything is restored. It
 also records a fingerprint of the training data (:func:`data_fingerprint`), so that resuming on
-different data is refused instead of silently mixing two data sets.
+different data is refused instead of silently mixing two data sets. Checkpoints written before a
+TrainConfig field was renamed or moved to the model config (``auxk_alpha``, ``alpha_anneal_steps``,
+``hard_topk_steps``) resume: their configs are migrated before the comparison.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from softsae_lib.atomic import atomic_path
+from softsae_lib.training.config import migrate_train_config
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Fields that may differ between the interrupted and the resumed run without changing the result.
@@ -101,11 +104,15 @@ def load_checkpoint(folder: str | Path) -> dict | None:
 def check_compatible(path: Path, saved: dict, model_arch: str, model_cfg, train_cfg,
                      data: dict | None = None) -> None:
     """Refuse to resume a checkpoint written by a different model, training configuration or data."""
-    if saved.get("arch") != model_arch or saved.get("model_config") != dataclasses.asdict(model_cfg):
+    then = saved.get("train_config", {})
+    then_model = saved.get("model_config")
+    if saved.get("arch") == model_arch and isinstance(then_model, dict):
+        then_model = type(model_cfg).migrate(then_model, then)  # configs saved by earlier versions
+    if saved.get("arch") != model_arch or then_model != dataclasses.asdict(model_cfg):
         raise CheckpointError(f"{path}: written for arch {saved.get('arch')!r} with config "
                               f"{saved.get('model_config')}, not this {model_arch!r} model")
     now = dataclasses.asdict(train_cfg)
-    then = saved.get("train_config", {})
+    then = migrate_train_config(then)
     diff = sorted(k for k in now if k not in _RESUME_FREE and now[k] != then.get(k))
     if diff:
         raise CheckpointError(f"{path}: TrainConfig differs from the checkpointed run in {diff} "

@@ -1,12 +1,30 @@
-"""Training configuration shared by every architecture."""
+"""Training configuration shared by every architecture (an architecture's own schedules are fields
+of its model config, e.g. SoftSAE's α anneal and hard phase)."""
 
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+
+# Fields of TrainConfigs saved before they were renamed or moved: old name -> new name (None: moved to
+# the model config, see SAEConfig.migrate).
+LEGACY_FIELDS: dict[str, str | None] = {
+    "auxk_alpha": "auxk_weight", "alpha_anneal_steps": None, "hard_topk_steps": None,
+}
+
+
+def migrate_train_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved TrainConfig dict with its legacy field names renamed and its moved fields dropped."""
+    out = {k: v for k, v in saved.items() if k not in LEGACY_FIELDS}
+    for old, new in LEGACY_FIELDS.items():
+        if new is not None and old in saved:
+            out.setdefault(new, saved[old])
+    return out
 
 
 @dataclass
@@ -29,13 +47,9 @@ class TrainConfig:
     """Maximum total gradient norm (None disables clipping)."""
     k_anneal_steps: int | None = None
     """Anneal the sparsity target k from d_model down to the model's k over this many steps."""
-    alpha_anneal_steps: int | None = None
-    """Anneal SoftSAE's α linearly from 1 to the model's α over this many steps."""
-    hard_topk_steps: int | None = None
-    """SoftSAE: train the last N steps with hard top-⌊k̂⌋ and a frozen k-estimator."""
     sparsity_warmup_steps: int = 0
     """Linear warm-up of L1/L0 penalty coefficients (ReLU, JumpReLU)."""
-    auxk_alpha: float = 1 / 32
+    auxk_weight: float = 1 / 32
     """Weight of the AuxK loss (architectures that use it)."""
     k_aux: int | None = None
     """Dead latents per sample in AuxK; None means d_model // 2."""
@@ -81,7 +95,7 @@ class TrainConfig:
                 fail(name, "an int ≥ 0")
         if not is_int(self.normalization_batches) or self.normalization_batches < 1:
             fail("normalization_batches", "an int ≥ 1")
-        for name in ("k_anneal_steps", "alpha_anneal_steps", "hard_topk_steps", "decay_start"):
+        for name in ("k_anneal_steps", "decay_start"):
             value = getattr(self, name)
             if value is not None and (not is_int(value) or value < 0):
                 fail(name, "an int ≥ 0 or None")
@@ -92,8 +106,8 @@ class TrainConfig:
         # grad_clip ≤ 0 would not clip but reverse (< 0: gradient ascent) or zero (= 0) every step.
         if self.grad_clip is not None and (not is_num(self.grad_clip) or self.grad_clip <= 0):
             fail("grad_clip", "a finite number > 0 or None")
-        if not is_num(self.auxk_alpha) or self.auxk_alpha < 0:
-            fail("auxk_alpha", "a finite number ≥ 0")
+        if not is_num(self.auxk_weight) or self.auxk_weight < 0:
+            fail("auxk_weight", "a finite number ≥ 0")
         if not is_num(self.divergence_factor) or self.divergence_factor <= 0:
             fail("divergence_factor", "a finite number > 0")
         betas = self.adam_betas

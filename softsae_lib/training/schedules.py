@@ -1,8 +1,16 @@
-"""Pure schedule functions of the step index (docs/method.md §1.4), so a resumed run needs only the step."""
+"""Pure schedule functions of the step index (docs/method.md §1.4), so a resumed run needs only the step.
+
+The learning-rate schedule is the trainer's; the sparsity schedules (k, α, hard phase, penalty
+warm-up) belong to the models and live in :mod:`softsae_lib.saes.schedules` (re-exported here).
+"""
 
 from __future__ import annotations
 
 import math
+
+from softsae_lib.saes.schedules import annealed_alpha, annealed_k, in_hard_phase, warmup_scale
+
+__all__ = ["lr_factor", "default_lr", "annealed_k", "annealed_alpha", "in_hard_phase", "warmup_scale"]
 
 
 def lr_factor(step: int, steps: int, warmup_steps: int, decay_start: int | None) -> float:
@@ -18,29 +26,3 @@ def lr_factor(step: int, steps: int, warmup_steps: int, decay_start: int | None)
 def default_lr(dict_size: int) -> float:
     """2e-4/sqrt(F/2^14): dictionary_learning's width-scaled default."""
     return 2e-4 / math.sqrt(dict_size / 2**14)
-
-
-def annealed_k(step: int, d_model: int, k: int, anneal_steps: int | None) -> int:
-    """int(d·(1−ρ) + k·ρ), ρ = min(step, K_a)/K_a: from d down to k (k when not annealing)."""
-    if not anneal_steps:
-        return k
-    rho = min(step, anneal_steps) / anneal_steps
-    return int(d_model * (1 - rho) + k * rho)
-
-
-def annealed_alpha(step: int, alpha_final: float, anneal_steps: int | None) -> float:
-    """(1−ρ)·1 + α_final·ρ: LapSum's scale from 1 down to α_final (α_final when not annealing)."""
-    if not anneal_steps:
-        return alpha_final
-    rho = min(step, anneal_steps) / anneal_steps
-    return (1 - rho) + alpha_final * rho
-
-
-def in_hard_phase(step: int, steps: int, hard_topk_steps: int | None) -> bool:
-    """True for the last ``hard_topk_steps`` steps (0-based step index)."""
-    return bool(hard_topk_steps) and step >= steps - hard_topk_steps
-
-
-def warmup_scale(step: int, warmup_steps: int) -> float:
-    """Linear 0→1 warm-up of penalty coefficients."""
-    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)

@@ -1,9 +1,11 @@
 """One trainer for every architecture (``docs/method.md`` §1.4 for the step and its schedules).
 
-Per step: normalise the batch with the model's stored normalisation; on a fresh model set b_dec to
-the batch's geometric median; model loss (+ AuxK on dead latents); backward; remove the
-decoder-parallel gradient; clip; Adam with warm-up/decay; renormalise the decoder; update the
-dead-latent counters and the model's non-gradient state.
+Per step: the model's schedule values (:meth:`SAE.step_context`); normalise the batch with the
+model's stored normalisation; on a fresh model set b_dec to the batch's geometric median; model loss
+plus the model's auxiliary loss given the dead-latent mask (:meth:`SAE.auxiliary_loss`, AuxK by
+default); backward; remove the decoder-parallel gradient; clip; Adam with warm-up/decay; renormalise
+the decoder; update the dead-latent counters and the model's non-gradient state. The trainer knows
+no architecture by name: everything architecture-specific goes through the model's hooks.
 
 Under ``torchrun`` (a process group of W > 1 ranks) the same function trains data-parallel; see
 :mod:`softsae_lib.training.distributed` for what is split, averaged and reduced.
@@ -22,8 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from softsae_lib.saes.auxk import auxk_loss
-from softsae_lib.saes.base import SAE, StepContext
+from softsae_lib.saes.base import SAE, LossOutput, StepContext
 from softsae_lib.training import distributed as dist_
 from softsae_lib.training import schedules
 from softsae_lib.training.checkpoint import (
@@ -46,7 +47,8 @@ class TrainResult:
     model: SAE
     """The trained model (the same object that was passed in)."""
     history: pd.DataFrame
-    """One row per logged step: losses, lr, k, α, L0, dead fraction, seconds."""
+    """One row per logged step: losses, lr, k, α, hard, phase, L0, FVU, dead fraction, alive latents,
+    seconds."""
     steps_run: int
     """Steps executed by this call (fewer than cfg.steps after a resume)."""
 
@@ -84,6 +86,84 @@ class _LossModule(torch.nn.Module):
         return self.model.loss(x_n, ctx)
 
 
+def _dead_mask(model: SAE, cfg: TrainConfig, since_fired: torch.Tensor,
+               since_bound: int) -> tuple[torch.Tensor | None, int]:
+    """The (F,) dead mask the model's auxiliary loss reads (None when it needs none or no latent can
+    be dead yet) and the updated host-side bound of max(since_fired).
+
+    No latent can be dead before max(since_fired) reaches the threshold: a host-side upper bound of
+    that maximum skips the (F,) comparison and its sync until then."""
+    if not (model.needs_dead_mask(cfg) and since_bound >= cfg.dead_threshold):
+        return None, since_bound
+    return since_fired >= cfg.dead_threshold, int(since_fired.max())
+
+
+def _step_stats(loss: torch.Tensor, terms: dict, x_n: torch.Tensor, out: LossOutput,
+                device: torch.device) -> tuple[float, float, float]:
+    """(loss, batch variance, L0) reduced over ranks (one reduction per step, so every rank logs and
+    stops on the same global values); ``terms['l2']`` is replaced by its global value."""
+    stats = dist_.reduce_(torch.tensor([loss.item(), terms.get("l2", math.nan),
+                                        (x_n - x_n.mean(dim=0)).pow(2).sum(dim=-1).mean().item(),
+                                        out.n_fired.item() / x_n.shape[0]],
+                                       dtype=torch.float64, device=device))
+    if "l2" in terms:
+        terms["l2"] = stats[1].item()
+    return stats[0].item(), stats[2].item(), stats[3].item()
+
+
+def _check_divergence(step: int, loss_value: float, terms: dict, variance: float, cfg: TrainConfig) -> None:
+    if not math.isfinite(loss_value):
+        raise TrainingError(f"step {step}: loss is {loss_value} ({terms}); lower lr or check the data")
+    if terms.get("l2", 0.0) > cfg.divergence_factor * max(variance, 1e-12):
+        raise TrainingError(f"step {step}: reconstruction loss {terms['l2']:.4g} exceeds "
+                            f"{cfg.divergence_factor}× the batch variance {variance:.4g}: "
+                            f"training diverged")
+
+
+def _history_row(step: int, terms: dict, lr_now: float, ctx: StepContext, variance: float,
+                 dead: torch.Tensor, seconds: float) -> dict:
+    """One history row: step, loss terms, lr, the schedule's values (k, α, hard, phase), the batch
+    FVU, the dead fraction and the number of alive latents, seconds; dead: (F,) bool."""
+    return {"step": step, **terms, "lr": lr_now, **ctx.history_values(),
+            "fvu_batch": terms.get("l2", float("nan")) / max(variance, 1e-12),
+            "dead_fraction": dead.float().mean().item(), "alive_latents": dead.numel() - int(dead.sum()),
+            "seconds": seconds}
+
+
+@dataclass
+class _State:
+    """What a checkpoint restores: the step to start from, dead counters and history."""
+
+    start: int
+    since_fired: torch.Tensor
+    history: list[dict]
+
+
+def _resume_or_init(model: SAE, optimizer: torch.optim.Optimizer, source: BatchSource, cfg: TrainConfig,
+                    ckpt_dir: Path | None, data_id: dict | None, device: torch.device, rank: int) -> _State:
+    """Restore the checkpoint of ``ckpt_dir`` when resuming; otherwise fit a fresh model's normalisation."""
+    saved = load_checkpoint(ckpt_dir) if (ckpt_dir and cfg.resume and rank == 0) else None
+    saved = dist_.broadcast_object(saved)  # ranks on other machines need no shared file system
+    if saved is not None:
+        check_compatible(ckpt_dir / CHECKPOINT_FILE, saved, model.arch, model.config, cfg, data_id)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        return _State(saved["step"], saved["since_fired"].to(device), saved["history"])
+    if not bool(model.norm_fitted):
+        _fit_normalization(model, source, cfg)
+    return _State(0, torch.zeros(model.dict_size, dtype=torch.long, device=device), [])
+
+
+def _save(ckpt_dir: Path, next_step: int, model: SAE, cfg: TrainConfig, optimizer: torch.optim.Optimizer,
+          state: _State, data_id: dict | None) -> None:
+    save_checkpoint(ckpt_dir, {
+        "step": next_step, "arch": model.arch, "model_config": dataclasses.asdict(model.config),
+        "train_config": dataclasses.asdict(cfg), "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "since_fired": state.since_fired.cpu(),
+        "history": state.history, "data": data_id,
+    })
+
+
 def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
               on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train ``model`` in place on ``data``.
@@ -117,38 +197,11 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
     step_loss = (torch.nn.parallel.DistributedDataParallel(_LossModule(model), broadcast_buffers=False,
                                                           find_unused_parameters=True)
                  if world > 1 else model.loss)
-    since_fired = torch.zeros(model.dict_size, dtype=torch.long, device=device)
-    history: list[dict] = []
-    start = 0
-
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    saved = load_checkpoint(ckpt_dir) if (ckpt_dir and cfg.resume and rank == 0) else None
-    saved = dist_.broadcast_object(saved)  # ranks on other machines need no shared file system
     data_id = source.fingerprint() if ckpt_dir else None
-    if saved is not None:
-        check_compatible(ckpt_dir / CHECKPOINT_FILE, saved, model.arch, model.config, cfg, data_id)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        since_fired = saved["since_fired"].to(device)
-        history = saved["history"]
-        start = saved["step"]
-    elif not bool(model.norm_fitted):
-        _fit_normalization(model, source, cfg)
-
-    def checkpoint(next_step: int) -> None:
-        if ckpt_dir is None or rank != 0:
-            return
-        save_checkpoint(ckpt_dir, {
-            "step": next_step, "arch": model.arch, "model_config": dataclasses.asdict(model.config),
-            "train_config": dataclasses.asdict(cfg), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "since_fired": since_fired.cpu(), "history": history,
-            "data": data_id,
-        })
-
-    since_bound = int(since_fired.max()) if since_fired.numel() else 0  # ≥ max(since_fired), host-side
-    k_target = getattr(model.config, "k", None)
-    alpha_final = getattr(model.config, "alpha", 1.0)
-    k_aux = cfg.k_aux if cfg.k_aux is not None else model.d_model // 2
+    state = _resume_or_init(model, optimizer, source, cfg, ckpt_dir, data_id, device, rank)
+    start = state.start
+    since_bound = int(state.since_fired.max()) if state.since_fired.numel() else 0  # ≥ max(since_fired)
     use_autocast = cfg.autocast_bf16 and device.type == "cuda"
     # tqdm's disable=None means "only on a terminal".
     quiet = None if cfg.progress is None else not cfg.progress
@@ -162,42 +215,17 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
         x_n = model.normalize(x)
         if not bool(model.b_dec_initialized):  # a fresh model; fine-tuning keeps its b_dec
             model.init_b_dec(model.normalize(source.batch(step, full=True).to(device)) if world > 1 else x_n)
-        ctx = StepContext(
-            step=step, total_steps=cfg.steps,
-            k=schedules.annealed_k(step, model.d_model, k_target, cfg.k_anneal_steps) if k_target else 0,
-            alpha=schedules.annealed_alpha(step, alpha_final, cfg.alpha_anneal_steps),
-            hard=schedules.in_hard_phase(step, cfg.steps, cfg.hard_topk_steps),
-            sparsity_scale=schedules.warmup_scale(step, cfg.sparsity_warmup_steps),
-        )
+        ctx = model.step_context(step, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
             out = step_loss(x_n, ctx)
-            loss = out.loss
-            terms = dict(out.terms)
-            # No latent can be dead before max(since_fired) reaches the threshold: a host-side
-            # upper bound of that maximum skips the (F,) comparison and its sync until then.
-            if model.uses_auxk and cfg.auxk_alpha > 0 and since_bound >= cfg.dead_threshold:
-                since_bound = int(since_fired.max())
-                dead = since_fired >= cfg.dead_threshold
-            else:
-                dead = None
-            if dead is not None and bool(dead.any()):
-                aux = auxk_loss(out.pre_acts, x_n - out.recon, dead, model.W_dec, k_aux)
-                loss = loss + cfg.auxk_alpha * aux
-                terms["auxk"] = aux.item()
-        # one reduction per step, so every rank logs and stops on the same global values
-        stats = dist_.reduce_(torch.tensor([loss.item(), terms.get("l2", math.nan),
-                                            (x_n - x_n.mean(dim=0)).pow(2).sum(dim=-1).mean().item(),
-                                            out.firing_count().item() / x.shape[0]],
-                                           dtype=torch.float64, device=device))
-        loss_value, variance = stats[0].item(), stats[2].item()
-        if "l2" in terms:
-            terms["l2"] = stats[1].item()
-        if not math.isfinite(loss_value):
-            raise TrainingError(f"step {step}: loss is {loss_value} ({terms}); lower lr or check the data")
-        if terms.get("l2", 0.0) > cfg.divergence_factor * max(variance, 1e-12):
-            raise TrainingError(f"step {step}: reconstruction loss {terms['l2']:.4g} exceeds "
-                                f"{cfg.divergence_factor}× the batch variance {variance:.4g}: "
-                                f"training diverged")
+            loss, terms = out.loss, dict(out.terms)
+            dead, since_bound = _dead_mask(model, cfg, state.since_fired, since_bound)
+            aux = model.auxiliary_loss(out, x_n, ctx, dead, cfg)
+            if aux is not None:
+                loss = loss + aux[0]
+                terms.update(aux[1])
+        loss_value, variance, l0 = _step_stats(loss, terms, x_n, out, device)
+        _check_divergence(step, loss_value, terms, variance, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         model.remove_parallel_decoder_grad()
@@ -209,28 +237,27 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
         optimizer.step()
         model.normalize_decoder()
         with torch.no_grad():
-            fired = out.fired_latents()
+            fired = out.fired
             if world > 1:
                 fired = dist_.reduce_(fired.to(torch.uint8), "max").bool()
-            since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + x.shape[0] * world)
+            state.since_fired = torch.where(fired, torch.zeros_like(state.since_fired),
+                                            state.since_fired + x.shape[0] * world)
             since_bound += x.shape[0] * world
             model.after_step(out, ctx)
             for name in model.synced_buffers:
                 dist_.reduce_(getattr(model, name))
-        terms.update(loss=loss_value, l0=stats[3].item())
+        terms.update(loss=loss_value, l0=l0)
         if on_step is not None:
             on_step(step, terms)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            history.append({
-                "step": step, **terms, "lr": lr_now, "k": ctx.k, "alpha": ctx.alpha, "hard": ctx.hard,
-                "fvu_batch": terms.get("l2", float("nan")) / max(variance, 1e-12),
-                "dead_fraction": (since_fired >= cfg.dead_threshold).float().mean().item(),
-                "seconds": time.perf_counter() - t0,
-            })
+            state.history.append(_history_row(step, terms, lr_now, ctx, variance,
+                                              state.since_fired >= cfg.dead_threshold,
+                                              time.perf_counter() - t0))
             bar.set_postfix(loss=f"{loss_value:.4g}", l0=f"{terms['l0']:.1f}", refresh=False)
         bar.update(1)
-        if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
-            checkpoint(step + 1)
+        if ckpt_dir is not None and rank == 0 and ((step + 1) % cfg.checkpoint_every == 0
+                                                   or step == cfg.steps - 1):
+            _save(ckpt_dir, step + 1, model, cfg, optimizer, state, data_id)
     bar.close()
     model.eval()
-    return TrainResult(model=model, history=pd.DataFrame(history), steps_run=cfg.steps - start)
+    return TrainResult(model=model, history=pd.DataFrame(state.history), steps_run=cfg.steps - start)

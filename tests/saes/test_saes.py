@@ -336,8 +336,8 @@ def test_soft_phase_fired_latents_are_the_inference_selection() -> None:
             r = out.pre_acts
             selected = topk_mask(r, m.predict_k(x)) & (r > 0)
         assert out.active is None
-        assert torch.equal(out.fired_latents(), selected.any(dim=0))
-        assert int(out.firing_count()) == int(selected.sum())
+        assert torch.equal(out.fired, selected.any(dim=0))
+        assert int(out.n_fired) == int(selected.sum())
     assert (selected.sum(dim=1) < m.predict_k(x).floor()).any()  # the r > 0 condition was exercised
 
 

@@ -194,13 +194,14 @@ def test_mutual_choice_total_active_equals_global_budget_and_uses_aux_zipf() -> 
     assert not m.uses_auxk
     out = m.loss(_x(), _ctx())
     assert int(out.active.sum()) == K * 64 and out.active.sum(1).float().std() > 0
-    assert "aux_zipf" not in out.terms  # no density estimate yet
+    assert m.auxiliary_loss(out, _x(), _ctx(), None, TrainConfig()) is None  # no density estimate yet
     m.after_step(out, _ctx())
     torch.testing.assert_close(m.density, out.active.float().mean(0))
     with torch.no_grad():
         m.density[:4] = 0.0  # dead features → underused → auxiliary loss
     out2 = m.loss(_x(64, 1), _ctx(step=1))
-    assert out2.terms["aux_zipf"] > 0 and out2.terms["underused_fraction"] >= 4 / F
+    _, terms = m.auxiliary_loss(out2, _x(64, 1), _ctx(step=1), None, TrainConfig())
+    assert terms["aux_zipf"] > 0 and terms["underused_fraction"] >= 4 / F
 
 
 # -------------------------------------------------------------------------------------- Tree SAE

@@ -18,6 +18,7 @@ import torch
 
 from softsae_lib.evaluation import evaluate_sae
 from softsae_lib.saes import make_sae
+from softsae_lib.saes.schedules import steps_fraction
 from softsae_lib.training import TrainConfig, train_sae
 
 D, N_DIRS, MAX_ACTIVE = 32, 64, 8
@@ -60,11 +61,12 @@ def trained(single_thread):
     for arch in ("soft", "topk"):
         model = make_sae(arch, d_model=D, dict_size=F, k=K, seed=SEED)
         untrained = evaluate_sae(make_sae(arch, d_model=D, dict_size=F, k=K, seed=SEED), x_test)
-        soft = arch == "soft"
+        if arch == "soft":  # hard phase: the last STEPS // 5 steps
+            model = make_sae(arch, d_model=D, dict_size=F, k=K, seed=SEED,
+                             hard_phase_fraction=steps_fraction(STEPS // 5, STEPS))
         cfg = TrainConfig(
             steps=STEPS, batch_size=BATCH, lr=LR, warmup_steps=20, decay_start=int(0.8 * STEPS),
-            k_anneal_steps=STEPS // 10, alpha_anneal_steps=None,
-            hard_topk_steps=STEPS // 5 if soft else None, dead_threshold=20_000, k_aux=16,
+            k_anneal_steps=STEPS // 10, dead_threshold=20_000, k_aux=16,
             normalization_batches=10, seed=SEED, progress=False)
         history = train_sae(model, x_train, cfg).history
         result = evaluate_sae(model, x_test, return_per_sample=True)

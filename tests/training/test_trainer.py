@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from softsae_lib.saes import make_sae
+from softsae_lib.saes import SoftSAEConfig, make_sae
+from softsae_lib.saes.schedules import steps_fraction
 from softsae_lib.training import CheckpointError, TrainConfig, TrainingError, schedules, train_sae
 from softsae_lib.training.checkpoint import CHECKPOINT_FILE
 from softsae_lib.training.data import BatchSource
@@ -136,15 +137,15 @@ def test_k_anneal_in_history_and_used_by_topk() -> None:
 
 
 def test_alpha_anneal_and_hard_phase_in_history() -> None:
-    m = _model("soft", k=3, alpha=1e-3)
+    m = _model("soft", k=3, alpha=1e-3, alpha_anneal_fraction=steps_fraction(8, 20),
+               hard_phase_fraction=steps_fraction(6, 20))
     snap = {}
 
     def on_step(step: int, terms: dict) -> None:
         if step == 13:  # last soft step (hard phase = steps 14..19)
             snap.update({n: p.detach().clone() for n, p in m.named_parameters()})
 
-    h = train_sae(m, _data(), _cfg(steps=20, alpha_anneal_steps=8, hard_topk_steps=6,
-                                   k_anneal_steps=4), on_step=on_step).history
+    h = train_sae(m, _data(), _cfg(steps=20, k_anneal_steps=4), on_step=on_step).history
     alpha = h["alpha"].to_numpy()
     expected = [(1 - min(s, 8) / 8) + 1e-3 * min(s, 8) / 8 for s in range(20)]
     np.testing.assert_allclose(alpha, expected, rtol=1e-12)
@@ -183,8 +184,8 @@ def _stop_at(step_to_stop: int):
 @pytest.mark.parametrize("arch,model_kw,train_kw,stop", [
     # SoftSAE: checkpoints after steps 4, 9, 14, 19, 23; stopped after step 12 → resumes at step 10,
     # while α is still annealing (until 12) and before the hard phase (steps 16..23).
-    ("soft", {"k": 3, "alpha": 1e-3},
-     {"alpha_anneal_steps": 12, "k_anneal_steps": 4, "hard_topk_steps": 8, "dead_threshold": 3 * B}, 12),
+    ("soft", {"k": 3, "alpha": 1e-3, "alpha_anneal_fraction": 0.5, "hard_phase_fraction": steps_fraction(8, 24)},
+     {"k_anneal_steps": 4, "dead_threshold": 3 * B}, 12),
     # BatchTopK: the inference threshold's EMA starts at step 6, stopped after step 8 → resumes at 5.
     ("batch_topk", {"k": 3, "threshold_start_step": 6, "threshold_beta": 0.9},
      {"k_anneal_steps": 4, "dead_threshold": 1}, 8),
@@ -301,8 +302,8 @@ def test_wrong_d_raises() -> None:
 def test_bad_train_config() -> None:
     with pytest.raises(ValueError):
         TrainConfig(steps=0)
-    with pytest.raises(ValueError, match="hard_topk_steps"):
-        TrainConfig(hard_topk_steps=-1)
+    with pytest.raises(ValueError, match="hard_phase_fraction"):
+        SoftSAEConfig(d_model=4, dict_size=8, k=2, hard_phase_fraction=-1)
     with pytest.raises(ValueError):
         TrainConfig(log_every=0)
 
@@ -318,10 +319,10 @@ def test_tensor_memmap_and_ndarray_give_identical_results(tmp_path: Path) -> Non
     mm.flush()
     del mm
     mm = np.memmap(path, dtype=np.float32, mode="r", shape=tuple(x.shape))
-    cfg = _cfg(steps=15, seed=3, k_anneal_steps=3, alpha_anneal_steps=5)
+    cfg = _cfg(steps=15, seed=3, k_anneal_steps=3)
     states, hists = [], []
     for data in (x, mm, x.numpy()):
-        m = _model("soft")
+        m = _model("soft", alpha_anneal_fraction=steps_fraction(5, 15))
         hists.append(train_sae(m, data, cfg).history)
         states.append(m.state_dict())
     _assert_state_equal(states[0], states[1])
@@ -397,7 +398,7 @@ def test_dead_latents_get_auxk(tmp_path: Path) -> None:
     assert (since[:6] == steps * B).all()
     assert (since % B == 0).all() and (since <= steps * B).all()
     assert (since[6:] < steps * B).any()
-    # The loss includes auxk_alpha · auxk.
+    # The loss includes auxk_weight · auxk.
     row = h.iloc[-1]
     assert row["loss"] == pytest.approx(row["l2"] + row["auxk"] / 32, rel=1e-5)
 
@@ -407,7 +408,7 @@ def test_no_auxk_when_nothing_dead_or_not_used() -> None:
     assert "auxk" not in h.columns and (h["dead_fraction"] == 0).all()
     h = train_sae(_model("relu"), _data(), _cfg(steps=5, dead_threshold=1)).history
     assert "auxk" not in h.columns and (h["dead_fraction"] > 0).any()
-    h = train_sae(_model("topk"), _data(), _cfg(steps=5, dead_threshold=1, auxk_alpha=0.0)).history
+    h = train_sae(_model("topk"), _data(), _cfg(steps=5, dead_threshold=1, auxk_weight=0.0)).history
     assert "auxk" not in h.columns
 
 
