@@ -99,9 +99,10 @@ class SAEExperiment(Settings):
     alpha_anneal_fraction: float | None = None
     """SoftSAE's α anneal 1 → α over this fraction of the steps; None trains at α from the first step
     (the official CLIP config: annealing collapsed k̂ to its lower clamp on this data)."""
-    baseline_k_anneal: bool = True
-    """Anneal k from d for the baselines too; False gives the k anneal only to architectures whose
-    published recipe has it (SoftSAE), as issue 18 suggests (it cost TopK/BatchTopK quality)."""
+    baseline_k_anneal: bool = False
+    """Anneal k from d for the baselines too; False (default) gives the k anneal only to architectures
+    whose published recipe has it (SoftSAE): it cost TopK/BatchTopK quality (issue 18; notebook 02's
+    ablation table measures it)."""
     dead_threshold: int | None = None
     """Samples without firing after which a latent is dead; None: 50 batches."""
     n_boot: int = 1000
@@ -335,12 +336,14 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
                                     sup_d=16, sup_features=32, sup_max_active=6, sup_dict_size=64, sup_k=3,
                                     seeds=(0, 1), sub_dims=(1, 2, 4, 8), sub_n_train=3000, sub_n_test=800,
                                     sub_dict_size=64, sub_k=4, max_atoms=16, capacity_steps=100,
-                                    ablations=("k_max_4k",), lid_ks=(10,), lid_ns=(500,)),
+                                    ablations=("official_dead_rule",), lid_ks=(10,), lid_ns=(500,)),
         "local": SyntheticManifolds(n_train=60000, n_test=7500, ambient_dim=64, dict_size=128, k=10,
                                     steps=8000, batch_size=512, lr=3e-3, sup_n_train=65536, sup_n_test=8192,
                                     sup_d=64, sup_features=256, sup_max_active=16, sup_dict_size=256,
                                     sup_k=8, seeds=(0, 1, 2), workers=2, sub_n_train=48000, sub_n_test=8000,
-                                    sub_dict_size=256, sub_k=8, ablations=("alpha_annealed", "k_max_4k"),
+                                    sub_dict_size=256, sub_k=8,
+                                    ablations=("alpha_annealed", "k_max_4k", "no_hard_phase", "long_hard_phase",
+                                               "official_dead_rule"),
                                     lid_ks=(10, 20, 50), lid_ns=(1000, 3000, 7500)),
         "paper": SyntheticManifolds(intrinsic_dims=(1, 2, 4, 8, 16, 32), n_train=2_000_000, n_test=65536,
                                     ambient_dim=256, dict_size=8192, k=32, steps=40000, batch_size=4096,
@@ -348,7 +351,9 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
                                     sup_features=2048, sup_max_active=64, sup_dict_size=4096, sup_k=32,
                                     seeds=(0, 1, 2), sub_dims=tuple(range(1, 33)), sub_n_train=1_000_000,
                                     sub_n_test=65536, sub_dict_size=4096, sub_k=16, max_atoms=64,
-                                    capacity_steps=10000, ablations=("alpha_annealed", "k_max_4k"),
+                                    capacity_steps=10000,
+                                    ablations=("alpha_annealed", "k_max_4k", "no_hard_phase", "long_hard_phase",
+                                               "official_dead_rule"),
                                     lid_ks=(10, 20, 50, 100), lid_ns=(5000, 20000)),
     },
     # The project's own CIFAR-10 ViT (data/models/cifar10-vit): smoke trains a toy one for seconds,

@@ -88,6 +88,10 @@ def seed_frames(runs: Runs, **truth) -> dict[int, pd.DataFrame]:
 ABLATIONS: dict[str, str] = {
     "alpha_annealed": "α annealed 1 → α over the first 20% of the steps (the LLM recipe) instead of fixed",
     "k_max_4k": "k̂'s upper end k_max = 4k instead of 2k",
+    "no_hard_phase": "no final hard top-⌊k̂⌋ phase (instead of the last 10% of the steps)",
+    "long_hard_phase": "the last 25% of the steps in the hard phase (instead of 10%)",
+    "official_dead_rule": "a latent fires when r·p > 0 (the official code) instead of when the hard top-⌊k̂⌋ "
+                          "selects it",
 }
 """SoftSAE recipe variants (name → what changes); each is trained once on the manifold arm."""
 
@@ -98,6 +102,10 @@ def _ablation_settings(name: str, p: SAEExperiment) -> tuple[SAEExperiment, dict
         return p.replace(alpha_anneal_fraction=0.2), {"k": p.k}
     if name == "k_max_4k":
         return p, {"k": p.k, "k_max": 4.0 * p.k}
+    if name in ("no_hard_phase", "long_hard_phase"):
+        return p, {"k": p.k, "hard_phase_fraction": 0.0 if name == "no_hard_phase" else 0.25}
+    if name == "official_dead_rule":
+        return p, {"k": p.k, "fired_rule": "soft_positive"}
     raise ValueError(f"unknown ablation {name!r}; known: {sorted(ABLATIONS)}")
 
 
@@ -116,20 +124,30 @@ def ablation_jobs(x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment,
             for name in names}
 
 
-def ablation_table(runs: dict, names: tuple[str, ...], truth: dict[str, np.ndarray], reference: TrainedModel,
+def baseline_anneal_jobs(x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment, k: int,
+                         baselines: tuple[str, ...]) -> dict[Hashable, Callable[[], TrainedModel]]:
+    """Each baseline at budget ``k`` with k annealed from d (the SoftSAE recipe's anneal), keyed
+    ``("k_anneal", arch)``: the ablation of giving the baselines SoftSAE's k schedule."""
+    s = p.seeds[0] if hasattr(p, "seeds") else p.seed
+    q = p.replace(baseline_k_anneal=True, seed=s)
+    return {("k_anneal", arch): functools.partial(fit_and_evaluate, arch, k, x_train, x_test, q)
+            for arch in baselines}
+
+
+def ablation_table(variants: dict[str, tuple[str, TrainedModel]], truth: dict[str, np.ndarray],
                    n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """One row per ablation (and the reference recipe first): FVU, L0, dead, Spearman(k̂, true_dim) with a
-    cluster CI over ``truth["manifold"]``, and whether the model is healthy (failed checks named)."""
-    models = {"reference recipe": reference, **{n: runs[("ablation", n)] for n in names}}
-    report = health_report({n: m.history for n, m in models.items()})
+    """One row per variant {name: (what changed, model)}: FVU, mean L0, dead fraction, Spearman of the
+    model's per-sample budget (k̂, else L0; NaN where it is constant) with ``truth["true_dim"]`` (cluster
+    CI over ``truth["manifold"]``), and its health (failed checks named)."""
+    report = health_report({n: m.history for n, (_, m) in variants.items()})
     summary = health_summary(report).set_index("model")
     rows = []
-    for name, m in models.items():
-        assoc = summarize_association(m.per_sample["k_hat"].numpy(), truth["true_dim"], clusters=truth["manifold"],
-                                      n_boot=n_boot, seed=seed)
-        rows.append({"ablation": name, "change": ABLATIONS.get(name, "as in section 2"), "fvu": m.metrics["fvu"],
-                     "l0": m.metrics["l0"]["mean"], "dead": m.metrics["dead_fraction"],
-                     "spearman_khat_dim": assoc["spearman"], "ci_low": assoc["spearman_ci_low"],
-                     "ci_high": assoc["spearman_ci_high"], "healthy": bool(summary.loc[name, "healthy"]),
-                     "failed": summary.loc[name, "failed"]})
+    for name, (change, m) in variants.items():
+        kappa = (m.per_sample["k_hat"] if "k_hat" in m.per_sample else m.per_sample["l0"]).numpy()
+        assoc = (summarize_association(kappa, truth["true_dim"], clusters=truth["manifold"], n_boot=n_boot,
+                                       seed=seed) if np.unique(kappa).size > 1 else {})
+        rows.append({"variant": name, "change": change, "fvu": m.metrics["fvu"], "l0": m.metrics["l0"]["mean"],
+                     "dead": m.metrics["dead_fraction"], "spearman_budget_dim": assoc.get("spearman", np.nan),
+                     "ci_low": assoc.get("spearman_ci_low", np.nan), "ci_high": assoc.get("spearman_ci_high", np.nan),
+                     "healthy": bool(summary.loc[name, "healthy"]), "failed": summary.loc[name, "failed"]})
     return pd.DataFrame(rows)

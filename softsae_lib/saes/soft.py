@@ -24,6 +24,7 @@ Choices, relative to the official code:
   in the hard top-⌊k̂⌋ of its row, i.e. when inference would select it. The official code counts
   any r·p > 0, which marks almost everything alive at large α; "p > ½" would mark everything
   dead at large α (then t lies above every r), switching AuxK on for the whole dictionary.
+  ``fired_rule="soft_positive"`` switches to the official rule (notebook 02's ablation).
 * The k-estimator reads the normalised, centred input x̃ in training and inference alike (the
   official SAEBench "Patched" class does the same; the unpatched class mutates its input).
 """
@@ -46,6 +47,7 @@ from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext, Train
 from softsae_lib.saes.schedules import annealed_alpha, fraction_steps, in_hard_phase, steps_fraction
 
 HARD_PHASE = "hard"
+FIRED_RULES = ("hard_topk", "soft_positive")
 
 
 @dataclass
@@ -64,6 +66,9 @@ class SoftSAEConfig(SAEConfig):
     """Anneal α linearly from 1 down to ``alpha`` over this fraction of the run (None/0: no anneal)."""
     hard_phase_fraction: float = 0.0
     """Train the last fraction of the run with hard top-⌊k̂⌋ and a frozen k-estimator (0: none)."""
+    fired_rule: str = "hard_topk"
+    """What counts as a firing in the soft phase (dead-latent tracking, logged L0): 'hard_topk' (in the
+    hard top-⌊k̂⌋ inference would select) or 'soft_positive' (the official code's r·p > 0)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,6 +77,8 @@ class SoftSAEConfig(SAEConfig):
             raise ValueError(f"k_max must be ≥ 1, got {self.k_max}")
         if not self.alpha > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if self.fired_rule not in FIRED_RULES:
+            raise ValueError(f"fired_rule must be one of {FIRED_RULES}, got {self.fired_rule!r}")
         for name in ("alpha_anneal_fraction", "hard_phase_fraction"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
@@ -87,6 +94,7 @@ class SoftSAEConfig(SAEConfig):
         if "alpha_anneal_fraction" not in fields:
             n = train.get("alpha_anneal_steps")
             fields["alpha_anneal_fraction"] = steps_fraction(min(n, steps), steps) if n else None
+        fields.setdefault("fired_rule", "hard_topk")
         if "hard_phase_fraction" not in fields:
             n = train.get("hard_topk_steps")
             fields["hard_phase_fraction"] = steps_fraction(min(n, steps), steps) if n else 0.0
@@ -193,14 +201,11 @@ class SoftSAE(SAE):
             k_hat = self.predict_k_normalized(x_n)
             gate = soft_topk_gate(r, k_hat.unsqueeze(1), alpha)  # r ⊙ p, fused backward
             z = gate.z
-            # Fired = selected by the hard top-⌊k̂⌋ that inference would use (and positive); read
-            # off the gate's sorted window, (B, K), instead of comparing all of r: (B, F).
-            with torch.no_grad():
-                rank = torch.arange(gate.top.shape[1], device=r.device)
-                chosen = (rank < k_hat.detach().floor().unsqueeze(1)) & (r.gather(1, gate.top) > 0)
-                fired = torch.zeros(self.dict_size, dtype=torch.bool, device=r.device)
-                fired[gate.top[chosen]] = True
-                active, n_fired = None, chosen.sum()
+            active = None
+            if cfg.fired_rule == "soft_positive":  # the official rule: any r·p > 0 fired
+                fired, n_fired = firing(z.detach() > 0)
+            else:
+                fired, n_fired = self._fired_hard_topk(r, k_hat, gate.top)
             # the batch mean spans all ranks under data-parallel training (exact multi-GPU gradient)
             k_loss = F_.softplus(global_mean(k_hat) - ctx.k, beta=cfg.k_loss_beta)
         recon = self.decode_normalized(z)
@@ -209,4 +214,15 @@ class SoftSAE(SAE):
         terms = {"l2": l2.item(), "k_loss": k_loss.item(), "k_hat_mean": k_hat.mean().item(),
                  "k_hat_std": k_hat.std().item() if k_hat.numel() > 1 else 0.0}
         return LossOutput(loss, recon, r, fired, n_fired, terms, active=active)
+
+    @torch.no_grad()
+    def _fired_hard_topk(self, r: torch.Tensor, k_hat: torch.Tensor, top: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F,) fired mask and firing count of the hard top-⌊k̂⌋ selection, read off the gate's
+        sorted window top: (B, K) instead of comparing all of r: (B, F)."""
+        rank = torch.arange(top.shape[1], device=r.device)
+        chosen = (rank < k_hat.detach().floor().unsqueeze(1)) & (r.gather(1, top) > 0)
+        fired = torch.zeros(self.dict_size, dtype=torch.bool, device=r.device)
+        fired[top[chosen]] = True
+        return fired, chosen.sum()
 

@@ -602,3 +602,19 @@ def test_auxk_positive_with_dead_latents_in_a_model() -> None:
     dead[: F // 2] = True
     aux = auxk_loss(out.pre_acts, x - out.recon, dead, m.W_dec, k_aux=D // 2)
     assert aux.item() > 0 and math.isfinite(aux.item())
+
+
+def test_softsae_official_fired_rule_counts_every_positive_gated_latent():
+    from softsae_lib.training import TrainConfig
+
+    x = gaussian(64, 8, seed=3)
+    ours = make_sae("soft", d_model=8, dict_size=32, k=4, seed=0, alpha=0.5)
+    official = make_sae("soft", d_model=8, dict_size=32, k=4, seed=0, alpha=0.5, fired_rule="soft_positive")
+    ctx = ours.step_context(0, TrainConfig(steps=10))
+    a, b = ours.loss(ours.normalize(x), ctx), official.loss(official.normalize(x), ctx)
+    assert torch.equal(a.recon, b.recon)  # the rule changes only what counts as a firing
+    # at a broad α, r·p > 0 marks (almost) every positive activation: more than the hard top-⌊k̂⌋
+    assert int(b.n_fired) > int(a.n_fired) and bool((b.fired | ~a.fired).all())
+    assert int(b.n_fired) == int((a.pre_acts > 0).sum())
+    with pytest.raises(ValueError, match="fired_rule"):
+        make_sae("soft", d_model=8, dict_size=32, k=4, fired_rule="p > 1/2")

@@ -111,9 +111,9 @@ def test_health_of_a_real_short_run_reads_the_trainer_history():
     from softsae_lib.training import TrainConfig, train_sae
 
     x = gaussian(2048, 16, seed=1)
-    model = make_sae("soft", d_model=16, dict_size=32, k=4, seed=0)
+    model = make_sae("soft", d_model=16, dict_size=32, k=4, seed=0, hard_phase_fraction=0.1)
     res = train_sae(model, x, TrainConfig(steps=60, batch_size=128, lr=3e-3, warmup_steps=5, decay_start=48,
-                                          hard_topk_steps=6, log_every=2, progress=False))
+                                          log_every=2, progress=False))
     table = check_health(res.history)
     assert {"k_binds", "k_spread_stable"} <= set(table["check"])
     assert table["value"].notna().all()

@@ -153,14 +153,14 @@ def test_steps_fraction_round_trips() -> None:
 
 
 def test_k_anneal_for_baselines_is_one_profile_switch() -> None:
-    p = get_profile("02_synthetic_manifolds", "smoke")
-    assert p.baseline_k_anneal  # today's recipe: every architecture anneals k
-    assert train_config(p, "soft") == train_config(p, "topk") == train_config(p, "batch_topk")
-    assert train_config(p, "topk").k_anneal_steps == max(1, p.steps // 20)
-    q = p.replace(baseline_k_anneal=False)
+    q = get_profile("02_synthetic_manifolds", "smoke")
+    assert not q.baseline_k_anneal  # the default: only SoftSAE's published recipe anneals k
     assert train_config(q, "soft").k_anneal_steps == max(1, q.steps // 20)
     assert train_config(q, "topk").k_anneal_steps is None
     assert train_config(q, "batch_topk").k_anneal_steps is None
+    p = q.replace(baseline_k_anneal=True)  # every architecture anneals k (the ablation)
+    assert train_config(p, "soft") == train_config(p, "topk") == train_config(p, "batch_topk")
+    assert train_config(p, "topk").k_anneal_steps == max(1, p.steps // 20)
     assert model_config(p, "topk", {"k": 3}) == {"k": 3}
     assert model_config(p, "soft", {"k": 3, "hard_phase_fraction": 0.0})["hard_phase_fraction"] == 0.0
 
