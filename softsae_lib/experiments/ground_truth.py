@@ -68,9 +68,10 @@ def zipf_synthetic(num_features: int, hidden_dim: int, n_train: int, n_cal: int,
         torch.manual_seed(seed)
         x, acts = model.sample_with_features(n_train + n_cal + n_test)
     x = x.float().contiguous()
-    a, b = n_train, n_train + n_cal
-    return ZipfData(x[:a], x[a:b], x[b:], model.feature_dict.feature_vectors.detach().float().clone(),
-                    (acts[b:] > 0).sum(dim=1))
+    # Rows: train | test | calibration, so a larger calibration split leaves the test rows unchanged.
+    a, b = n_train, n_train + n_test
+    return ZipfData(x[:a], x[b:], x[a:b], model.feature_dict.feature_vectors.detach().float().clone(),
+                    (acts[a:b] > 0).sum(dim=1))
 
 
 @torch.no_grad()
