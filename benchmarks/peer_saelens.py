@@ -4,8 +4,9 @@ Setting (issue 18): ``sae_lens.synthetic`` data, 512 true features with Zipfian 
 and folded-normal magnitudes in d = 64 (softsae_lib/experiments/ground_truth.py), 40k training rows,
 8k held-out evaluation rows and a 32k held-out calibration split (with 8k calibration rows the
 calibrated L0 missed k by 3.5% on the evaluation rows: two 8k splits differ by ~1% in their mean
-number of true active features, and BatchTopK's L0 follows it about twofold); dictionary 1024, k = 4, batch 512,
-Adam lr 1e-3 constant (no warm-up, no decay, no k anneal), 3000 steps, one thread, CPU.
+number of true active features, and BatchTopK's L0 follows it about twofold); dictionary 1024,
+k = 4, batch 512, Adam lr 1e-3 constant (no warm-up, no decay, no k anneal), 3000 steps, one
+thread, CPU.
 
 * TopK and BatchTopK are trained twice per seed: with ``softsae_lib.train_sae`` and with SAELens's
   own ``SAETrainer`` (its TopK/BatchTopK training SAEs, default configs). Both libraries read the
