@@ -56,6 +56,7 @@ bench: $(STAMP) $(LOCAL_STAMP)
 	$(BIN)/python -m benchmarks.soft_topk_scaling --plot results/bench/soft_topk_scaling.png > results/bench/soft_topk_scaling.json
 	$(BIN)/python -m benchmarks.memory --F 16384 32768 65536 > results/bench/memory.json
 	$(BIN)/python -m benchmarks.capture > results/bench/capture.json
+	$(BIN)/python -m benchmarks.peer_saelens > results/bench/peer_saelens.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check softsae_lib tests benchmarks

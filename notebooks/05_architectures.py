@@ -46,7 +46,8 @@
 # training batches).
 #
 # **Per-sample sparsity** is each model's `sparsity(x)`: its L0, or its support size for the
-# sparsemax SAE. We relate it to the local intrinsic dimension (LID) with cluster-bootstrap CIs.
+# sparsemax SAE. We relate it to the local intrinsic dimension (LID) with cluster-bootstrap CIs, and,
+# in the ground-truth arm, to the true number of active features.
 
 # %% tags=["parameters"]
 profile = "smoke"  # smoke | local | paper (see softsae_lib/profiles.py)
@@ -220,19 +221,66 @@ else:
     print("real arm skipped (profile sets real_arm = None)")
 
 # %% [markdown]
-# ## 3. The comparison: one table, one frontier plot
+# ## 3. Ground-truth arm: SAELens's synthetic features, true active count per sample
+# `P.zipf_arm` selects it, and `None` skips it. The data come from SAELens's own generator
+# (`sae_lens.synthetic`): true feature directions with Zipfian firing probabilities and folded-normal
+# magnitudes (`softsae_lib/experiments/ground_truth.py`). Here the true number of active features of
+# every sample is known. So we can check directly whether SoftSAE's k̂ and the other adaptive models'
+# L0 rise and fall with it. Thresholded models are calibrated on a held-out calibration split
+# (`BatchTopKSAE.calibrate_l0`), so their held-out L0 is their budget. `spearman_lid` in this arm's
+# table is Spearman against the true active count; `mcc` and `features_found` score the decoder
+# atoms against the true features (SAELens's `mean_correlation_coefficient`; found: cosine > 0.9).
+
+# %%
+gt = None
+if P.zipf_arm is not None:
+    from softsae_lib.experiments.ground_truth import ground_truth_arm, zipf_synthetic
+
+    Z = P.zipf_settings()
+    A = P.zipf_arm
+    t0 = time.perf_counter()
+    zipf = zipf_synthetic(A.num_features, A.hidden_dim, A.n_train, A.n_cal, A.n_test, seed=P.seed)
+    print(f"{A.num_features} true features in d = {A.hidden_dim}; mean true active "
+          f"{zipf.true_active_test.float().mean():.2f} per held-out sample")
+    gt = ground_truth_arm(zipf, Z, ARCHS)
+    timings["ground_truth_train_s"] = time.perf_counter() - t0
+    display(gt.table[["model", "budget_k", "fvu", "l0_mean", "sparsity_mean", "mcc", "features_found",
+                      "spearman_lid", "note"]])
+    display(gt.association[["kappa", "target", "n", "spearman", "pearson", "note"]])
+else:
+    print("ground-truth arm skipped (profile sets zipf_arm = None)")
+
+# %%
+if gt is not None:
+    adaptive_gt = ["soft_k_hat"] + [f"{a}_sparsity" for a in ARCHS if gt.frame[f"{a}_sparsity"].nunique() > 1]
+    fig, axes = plt.subplots(1, len(adaptive_gt), figsize=(3.2 * len(adaptive_gt), 3.4), squeeze=False)
+    for ax, col in zip(axes[0], adaptive_gt, strict=True):
+        name = "SoftSAE k̂" if col == "soft_k_hat" else model_name(col.removesuffix("_sparsity"))
+        by_group(ax, gt.frame["true_active"], gt.frame[col], "true active features", "k̂ / L0", name)
+    fig.suptitle("Per-sample budget against the true number of active features (held-out)", fontsize=10)
+    if out:
+        save_figure(fig, out / "ground_truth_active_count.png")
+    plt.show()
+
+# %% [markdown]
+# ## 4. The comparison: one table, one frontier plot
+# The ground-truth arm has no frontier (it is trained at the matched budget only).
 
 # %%
 arms = {"synthetic manifolds": (synth.table, synth_frontier)}
 if real is not None:
     arms[f"LM: {MODEL}"] = (real.table, real_frontier)
+if gt is not None:
+    arms["SAELens synthetic (ground truth)"] = (gt.table, None)
 table = pd.concat([t.assign(arm=name) for name, (t, _) in arms.items()], ignore_index=True)
 table[["arm", "model", "budget_k", "fvu", "dead_fraction", "l0_mean", "l0_std", "seconds_per_step",
        "spearman_lid", "spearman_ci_low_lid", "spearman_ci_high_lid", "note"]]
 
 # %%
-fig, axes = plt.subplots(1, len(arms), figsize=(6.5 * len(arms), 4.6), squeeze=False, layout="constrained")
-for ax, (name, (_, fr)) in zip(axes[0], arms.items(), strict=True):
+with_frontier = {name: fr for name, (_, fr) in arms.items() if fr is not None}
+fig, axes = plt.subplots(1, len(with_frontier), figsize=(6.5 * len(with_frontier), 4.6), squeeze=False,
+                         layout="constrained")
+for ax, (name, fr) in zip(axes[0], with_frontier.items(), strict=True):
     plot_frontier(ax, fr, name)
 handles, labels = axes[0][0].get_legend_handles_labels()
 fig.legend(handles, labels, loc="outside right center", fontsize=8)
@@ -242,7 +290,7 @@ if out:
 plt.show()
 
 # %% [markdown]
-# ## 4. Results file
+# ## 5. Results file
 
 # %%
 timings["total_s"] = time.perf_counter() - t_all
@@ -254,6 +302,7 @@ metrics = {
     "real": None if real is None else {
         "model": MODEL, "models": real.table, "association": real.association,
         "frontier": real_frontier},
+    "ground_truth": None if gt is None else {"models": gt.table, "association": gt.association},
     "timings": timings,
 }
 if out:
@@ -261,4 +310,6 @@ if out:
     synth.frame.to_csv(out / "per_sample_synthetic.csv", index=False)
     if real is not None:
         real.frame.to_csv(out / "per_sample_real.csv", index=False)
+    if gt is not None:
+        gt.frame.to_csv(out / "per_sample_ground_truth.csv", index=False)
 print(f"total {timings['total_s']:.0f} s")

@@ -284,6 +284,32 @@ class LMArm(LMCapture):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ZipfArm:
+    """05's ground-truth arm: SAELens's synthetic generator (softsae_lib/experiments/ground_truth.py)."""
+
+    num_features: int
+    """True features (Zipfian firing probabilities, folded-normal magnitudes)."""
+    hidden_dim: int
+    """Dimension d of the data."""
+    n_train: int
+    """Training rows."""
+    n_cal: int
+    """Held-out rows that calibrate the thresholded models' inference thresholds."""
+    n_test: int
+    """Held-out rows every metric and correlation is measured on."""
+    dict_size: int
+    """Number of latents F."""
+    k: int
+    """SoftSAE's target k."""
+    steps: int
+    """Optimiser steps per SAE."""
+    batch_size: int
+    """Samples per step."""
+    lr: float
+    """Peak Adam learning rate."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Architectures(ManifoldExperiment):
     """05_architectures: every adaptive-sparsity SAE at SoftSAE's realised mean L0."""
 
@@ -299,6 +325,17 @@ class Architectures(ManifoldExperiment):
     """Budgets of the frontier, as multiples of the matched budget."""
     real_arm: LMArm | None = None
     """The language-model arm (None skips it)."""
+    zipf_arm: ZipfArm | None = None
+    """The ground-truth arm on SAELens's synthetic data (None skips it)."""
+
+    def zipf_settings(self) -> Architectures:
+        """The ground-truth arm's settings: these, with the arm's sizes and SAE settings in their place."""
+        if self.zipf_arm is None:
+            raise ValueError("this profile has no zipf_arm")
+        a = self.zipf_arm
+        return dataclasses.replace(self, n_train=a.n_train, n_test=a.n_test, ambient_dim=a.hidden_dim,
+                                   dict_size=a.dict_size, k=a.k, steps=a.steps, batch_size=a.batch_size,
+                                   lr=a.lr, frontier_scales=(1.0,), real_arm=None, zipf_arm=None)
 
     def lm_settings(self) -> ArchitecturesLM:
         """The settings of the real arm: these, with the arm's fields in place of the synthetic ones."""
@@ -404,13 +441,19 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
                                real_arm=_lm_arm(model="gpt2-random", layer=1, text="wikitext-2",
                                                 random_config=_TINY_GPT2, context_len=32, train_tokens=4000,
                                                 test_tokens=1200, lid_n=600, lid_k=10, dict_size=64, k=6,
-                                                steps=80, batch_size=128, lr=3e-3)),
+                                                steps=80, batch_size=128, lr=3e-3),
+                               zipf_arm=ZipfArm(num_features=32, hidden_dim=16, n_train=2000, n_cal=500,
+                                                n_test=500, dict_size=64, k=4, steps=80, batch_size=128,
+                                                lr=3e-3)),
         "local": Architectures(n_train=40000, n_test=5000, ambient_dim=64, dict_size=512, k=10, steps=800,
                                batch_size=512, lr=1e-3, frontier_scales=(1.0, 2.0), threads=1, progress=False,
                                real_arm=_lm_arm(model="smollm2-135m", layer=15, text="offline",
                                                 context_len=128, train_tokens=40000, test_tokens=4096,
                                                 lid_n=3000, lid_k=20, dict_size=1024, k=16, steps=300,
-                                                batch_size=256, lr=1e-3)),
+                                                batch_size=256, lr=1e-3),
+                               zipf_arm=ZipfArm(num_features=512, hidden_dim=64, n_train=40000, n_cal=8000,
+                                                n_test=8000, dict_size=1024, k=4, steps=600, batch_size=512,
+                                                lr=1e-3)),
         "paper": Architectures(intrinsic_dims=(1, 2, 4, 8, 16, 32), n_train=2_000_000, n_test=65536,
                                ambient_dim=256, dict_size=8192, k=32, steps=40000, batch_size=4096, lr=6e-4,
                                frontier_scales=(0.5, 1.0, 2.0), device="cuda", threads=None, progress=False,
@@ -420,7 +463,10 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
                                                 train_windows_per_doc=None, test_windows_per_doc=4,
                                                 train_tokens=4_000_000, test_tokens=200_000, lid_n=20000,
                                                 lid_k=50, dict_size=24576, k=32, steps=20000, batch_size=4096,
-                                                lr=3e-4, frontier_scales=(0.5, 1.0, 2.0))),
+                                                lr=3e-4, frontier_scales=(0.5, 1.0, 2.0)),
+                               zipf_arm=ZipfArm(num_features=2048, hidden_dim=256, n_train=2_000_000,
+                                                n_cal=65536, n_test=65536, dict_size=8192, k=16,
+                                                steps=20000, batch_size=4096, lr=6e-4)),
     },
 }
 
@@ -436,4 +482,4 @@ def get_profile(experiment: str, profile: str) -> Settings:
 
 __all__ = ["PROFILES", "EXPERIMENTS", "get_profile", "Settings", "SoftTopKDemo", "ViTNotebook",
            "SAEExperiment", "ManifoldExperiment", "SyntheticManifolds", "LMCapture", "LMExperiment",
-           "ViTExperiment", "LMArm", "Architectures", "ArchitecturesLM"]
+           "ViTExperiment", "LMArm", "ZipfArm", "Architectures", "ArchitecturesLM"]

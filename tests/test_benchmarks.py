@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,3 +66,42 @@ def test_make_bench_runs_every_benchmark_script():
     assert run == scripts
     # each writes its own JSON file
     assert all(f"results/bench/{name}.json" in "\n".join(lines) for name in scripts)
+
+
+def test_peer_saelens_benchmark_json(capsys, single_thread):
+    """Both libraries trained on the same batches in the same order; every model scored the same way.
+
+    In-process (not _run): importing sae_lens costs seconds, and the interop tests have paid it."""
+    pytest.importorskip("sae_lens")
+    from benchmarks.peer_saelens import main
+
+    steps = 12
+    main(["--features", "24", "--d", "12", "--n-train", "640", "--n-cal", "256",
+               "--n-test", "256", "--F", "48", "--k", "3", "--batch", "64", "--steps", str(steps),
+               "--seeds", "0", "1"])
+    res = json.loads(capsys.readouterr().out)
+    names = {"topk/softsae_lib", "topk/sae_lens", "batch_topk/softsae_lib", "batch_topk/sae_lens",
+             "soft/softsae_lib"}
+    assert res["identical_batch_order"] is True and res["seeds"] == [0, 1]
+    for runs in res["per_seed"].values():
+        assert set(runs) == names
+        # every trainer's training pass read exactly `steps` batches, in one order per seed
+        assert {r["batches"] for r in runs.values()} == {steps}
+        assert len({r["batch_order_sha256"] for r in runs.values()}) == 1
+        assert runs["topk/softsae_lib"]["l0_mean"] == runs["topk/sae_lens"]["l0_mean"] == 3
+        for r in runs.values():
+            assert 0 <= r["mcc"] <= 1 and 0 <= r["features_found"] <= 24 and r["ms_per_step"] > 0
+        # BatchTopK: both calibrated on the calibration split; both also put at SoftSAE's L0
+        for lib in ("softsae_lib", "sae_lens"):
+            bt = runs[f"batch_topk/{lib}"]
+            assert {"own_threshold", "threshold", "at_soft_l0"} <= set(bt)
+            assert bt["at_soft_l0"]["target_l0"] < 3
+    # the order differs between seeds, so the digest is not a constant
+    assert res["per_seed"]["0"]["soft/softsae_lib"]["batch_order_sha256"] != \
+        res["per_seed"]["1"]["soft/softsae_lib"]["batch_order_sha256"]
+    per = [res["per_seed"][s] for s in ("0", "1")]
+    fvus = [p["batch_topk/sae_lens"]["fvu"] for p in per]
+    assert abs(res["mean_over_seeds"]["batch_topk/sae_lens"]["fvu"] - sum(fvus) / 2) < 1e-12
+    speedups = sorted(p["topk/sae_lens"]["ms_per_step"] / p["topk/softsae_lib"]["ms_per_step"] for p in per)
+    assert abs(res["ratios"]["topk_speedup"] - sum(speedups) / 2) < 1e-12
+    assert res["meets_targets"] == all(res["checks"].values()) and "git_sha" in res["provenance"]

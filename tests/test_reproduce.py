@@ -238,8 +238,19 @@ def test_architectures_notebook_metrics(smoke_results):
     assert len(frontier) == len(archs) * len(p.frontier_scales)
     doubled = {r["model"]: r for r in frontier if r["scale"] == 2.0}
     assert doubled["topk"]["budget"] == 2 * matched_k(m) and doubled["topk"]["l0_mean"] == 2 * matched_k(m)
-    assert {r["arm"] for r in m["table"]} == {"synthetic manifolds", f"LM: {m['real']['model']}"}
-    for fig in ("frontier.png", "sparsity_distribution_and_lid.png", "sparsity_vs_dimension.png"):
+    assert {r["arm"] for r in m["table"]} == {"synthetic manifolds", f"LM: {m['real']['model']}",
+                                              "SAELens synthetic (ground truth)"}
+    # ground-truth arm: every arch at SoftSAE's L0; BatchTopK calibrated on held-out rows hits its budget
+    gt = {r["model"]: r for r in m["ground_truth"]["models"]}
+    assert list(gt) == archs
+    gt_matched = max(1, round(gt["soft"]["l0_mean"]))
+    assert abs(gt["batch_topk"]["l0_mean"] / gt_matched - 1) < 0.1
+    n_true = p.zipf_arm.num_features
+    assert all(0 <= r["mcc"] <= 1 and 0 <= r["features_found"] <= n_true for r in gt.values())
+    gt_assoc = {(r["kappa"], r["target"]) for r in m["ground_truth"]["association"]}
+    assert ("soft_k_hat", "true_active") in gt_assoc and ("batch_topk_sparsity", "true_active") in gt_assoc
+    for fig in ("frontier.png", "sparsity_distribution_and_lid.png", "sparsity_vs_dimension.png",
+                "ground_truth_active_count.png"):
         assert (root / "smoke" / "05_architectures" / fig).stat().st_size > 1000
 
 

@@ -12,13 +12,15 @@ SoftSAE's realised mean L0 (:func:`softsae_lib.experiments.matched.train_matched
 
 Threshold-based models (BatchTopK, Matryoshka, MC, FC) are recalibrated after training with the
 paper estimator θ = E[smallest kept activation] over ``p.calibration_batches`` training batches,
-because the EMA from the short runs here has few updates. Their per-sample sparsity is then the
+because the EMA from the short runs here has few updates (the ground-truth arm calibrates on a
+held-out split instead: :func:`held_out_calibrator`). Their per-sample sparsity is then the
 threshold-mode L0. The per-sample readout of every model is ``model.sparsity(x)`` (SoftSAE: L0 =
 ⌊k̂⌋; sparsemax: support size); SoftSAE's continuous k̂ is kept as an extra column.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +69,26 @@ def calibrator(x_train: torch.Tensor, p: Architectures):
     return calibrate
 
 
+def held_out_calibrator(x_cal: torch.Tensor, p: Architectures):
+    """after_training hook on a held-out calibration split ``x_cal`` (rows not trained on).
+
+    Models with one global θ (BatchTopK, Matryoshka, Mutual Choice) get mean L0 = their k on ``x_cal``
+    (``calibrate_l0``: the training-batch estimator overshoots L0 on new rows); Feature Choice, with
+    one θ_j per latent, keeps its own estimator, run over ``x_cal`` batches.
+    """
+    bs = p.batch_size
+
+    def calibrate(model: SAE) -> None:
+        device = model.norm_scale.device
+        with torch.no_grad():
+            if hasattr(model, "calibrate_l0") and model.threshold.ndim == 0:
+                model.calibrate_l0(x_cal.to(device))
+            elif model.arch in THRESHOLDED:
+                batches = range(0, len(x_cal) - bs + 1, bs)  # whole batches: capacities assume B rows
+                model.calibrate_threshold([x_cal[i:i + bs].to(device) for i in batches])
+    return calibrate
+
+
 @torch.no_grad()
 def per_sample_sparsity(model: SAE, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """``model.sparsity`` over x: (N, d) in batches: (N,) float."""
@@ -81,13 +103,17 @@ def _with_sparsity(m: TrainedModel, x_test: torch.Tensor) -> TrainedModel:
 
 
 def train_architectures(x_train: torch.Tensor, x_test: torch.Tensor, p: Architectures,
-                        archs: tuple[str, ...] = ARCHS, log=print) -> dict[str, TrainedModel]:
-    """SoftSAE, then every other arch in ``archs`` at SoftSAE's realised mean L0 (rounded)."""
+                        archs: tuple[str, ...] = ARCHS, log=print,
+                        after_training: Callable[[SAE], None] | None = None) -> dict[str, TrainedModel]:
+    """SoftSAE, then every other arch in ``archs`` at SoftSAE's realised mean L0 (rounded).
+
+    ``after_training`` calibrates inference thresholds (default: :func:`calibrator` on training batches).
+    """
     if archs[0] != "soft":
         raise ValueError(f"archs must start with 'soft' (the reference), got {archs}")
     models = train_matched(x_train, x_test, p, baselines=tuple(archs[1:]), log=log,
                            configure=lambda arch, k: budget_config(arch, k, p),
-                           after_training=calibrator(x_train, p))
+                           after_training=after_training or calibrator(x_train, p))
     return {arch: _with_sparsity(m, x_test) for arch, m in models.items()}
 
 
@@ -146,15 +172,17 @@ def architecture_table(models: dict[str, TrainedModel], association: pd.DataFram
 
 def compare_architectures(x_train: torch.Tensor, x_test: torch.Tensor, p: Architectures,
                           truth: dict[str, np.ndarray], lid_col: str, clusters: str | None = None,
-                          archs: tuple[str, ...] = ARCHS, log=print) -> ArmResult:
+                          archs: tuple[str, ...] = ARCHS, log=print,
+                          after_training: Callable[[SAE], None] | None = None) -> ArmResult:
     """One arm of notebook 05: train every arch at matched L0, correlate per-sample sparsity with ``truth``.
 
     Args:
         truth: per-sample columns (N_test,) for the frame: LID estimates, true dimension, cluster ids.
         lid_col: the truth column used as "LID" in the table.
         clusters: truth column with cluster ids for the bootstrap CIs (None: no CI).
+        after_training: see :func:`train_architectures`.
     """
-    models = train_architectures(x_train, x_test, p, archs, log)
+    models = train_architectures(x_train, x_test, p, archs, log, after_training)
     frame = per_sample_frame(models, **truth)
     kappas = [f"{a}_sparsity" for a in models] + ["soft_k_hat"]
     targets = [c for c in truth if c != clusters]
