@@ -64,9 +64,11 @@ import torch
 from softsae_lib.data.synthetic import manifold_mixture
 from softsae_lib.experiments.architectures import compare_architectures, frontier
 from softsae_lib.lid import local_id
-from softsae_lib.plots import by_group, frontier_lines, model_name, save_figure, scatter_with_trend
+from softsae_lib.plots import by_group, frontier_lines, model_name, save_figure, scatter_with_trend, training_curves
 from softsae_lib.provenance import save_metrics
+from softsae_lib.readme_results import claim, section
 from softsae_lib.reproduce import notebook_setup
+from softsae_lib.training.health import criteria_dict, health_report, health_summary, verdict
 
 P, out = notebook_setup("05_architectures", profile, out_dir)
 if P.threads:  # small CPU models: extra intra-op threads mostly add synchronisation cost
@@ -290,10 +292,69 @@ if out:
 plt.show()
 
 # %% [markdown]
-# ## 5. Results file
+# ## 5. Training health and verdicts
+# Every model of every arm is checked from its training history (`softsae_lib.training.health`: a
+# plateaued reconstruction before the learning-rate decay, few and stable dead latents, and for
+# SoftSAE its budget loss binding and k̂'s spread stable). A claim is **conclusive** only when every
+# model it rests on passes and it holds over more than one seed. This notebook trains one seed per
+# arm, far shorter than notebook 02 (a budget choice), so its claims are inconclusive by
+# construction: read them as a survey of the architectures, and notebook 02 for the verdict.
+
+# %%
+arm_models = {"synthetic manifolds": synth.models, **({"LM": real.models} if real is not None else {}),
+              **({"ground truth": gt.models} if gt is not None else {})}
+health = pd.concat([health_report({a: m.history for a, m in models.items()}).assign(arm=arm)
+                    for arm, models in arm_models.items()], ignore_index=True)
+health_by_model = pd.concat([health_summary(health[health.arm == arm]).assign(arm=arm) for arm in arm_models],
+                            ignore_index=True)
+display(health_by_model)
+health.pivot_table(index=["arm", "model"], columns="check", values="value", sort=False).round(3)
+
+# %%
+for arm, models in arm_models.items():
+    fig = training_curves({a: m.history for a, m in models.items()}, title=f"Training curves: {arm}")
+    if out:
+        save_figure(fig, out / f"training_curves_{arm.split()[0].lower()}.png")
+    plt.show()
+
+
+# %%
+def arm_claim(arm: str, result, target: str, text: str) -> dict:
+    """The claim 'Spearman(SoftSAE k̂, target)' of one arm, judged against the best other model's sparsity."""
+    a = result.association.set_index(["kappa", "target"])
+    row = a.loc[("soft_k_hat", target)]
+    others = a.loc[[(f"{m}_sparsity", target) for m in result.models if m != "soft"]]["spearman"].dropna()
+    best = others.idxmax()[0].removesuffix("_sparsity") if len(others) else None
+    flags = health_by_model[(health_by_model.arm == arm)].set_index("model")["healthy"]
+    against = f"best other: {model_name(best)} {others.max():.2f}" if best else ""
+    return claim(text, row["spearman"], row.get("spearman_ci_low"), row.get("spearman_ci_high"),
+                 verdict(flags.tolist(), seeds=1), against, f"{int(flags.sum())}/{len(flags)} healthy models, 1 seed")
+
+
+claims = [arm_claim("synthetic manifolds", synth, "true_dim", "Manifolds: Spearman(k̂, true dimension)")]
+if real is not None:
+    claims.append(arm_claim("LM", real, "lid_mle", "LM: Spearman(k̂, per-token MLE LID)"))
+if gt is not None:
+    claims.append(arm_claim("ground truth", gt, "true_active", "SAELens synthetic: Spearman(k̂, true active count)"))
+verdicts = {c["claim"].split(":")[0].lower().replace(" ", "_"): c["verdict"] for c in claims}
+healthy = health_by_model.set_index(["arm", "model"])["healthy"]
+model_rows = [{"model": f"{arm}: {r['model']}", "fvu": r["fvu"], "l0": r["l0_mean"], "dead": r["dead_fraction"],
+               "healthy": bool(healthy[(arm, r["model"])])}
+              for arm, (t, _) in zip(arm_models, arms.values(), strict=True) for r in t.to_dict("records")]
+for c in claims:
+    print(f"{c['claim']}: {c['estimate']:.3f} — {c['verdict']} ({c['rests_on']}; {c['judged_against']})")
+
+# %% [markdown]
+# ## 6. Results file
 
 # %%
 timings["total_s"] = time.perf_counter() - t_all
+readme = section(
+    "Every adaptive SAE at matched L0 (`05_architectures`)",
+    f"{len(ARCHS)} architectures at SoftSAE's realised mean L0 on the manifold mixture (F = {P.dict_size}, "
+    f"{P.steps} steps)" + (f", on {MODEL} ({P.real_arm.steps} steps)" if real is not None else "")
+    + (f" and on SAELens's synthetic features ({P.zipf_arm.steps} steps)" if gt is not None else "") + "; one seed.",
+    claims, model_rows)
 metrics = {
     "params": P,
     "table": table,
@@ -303,6 +364,7 @@ metrics = {
         "model": MODEL, "models": real.table, "association": real.association,
         "frontier": real_frontier},
     "ground_truth": None if gt is None else {"models": gt.table, "association": gt.association},
+    "health": health, "health_criteria": criteria_dict(), "verdicts": verdicts, "readme": readme,
     "timings": timings,
 }
 if out:

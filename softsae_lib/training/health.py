@@ -172,10 +172,12 @@ def health_summary(report: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def verdict(healthy: bool | list[bool]) -> str:
-    """'conclusive' when every model a result rests on is healthy, else 'inconclusive'."""
+def verdict(healthy: bool | list[bool], seeds: int | None = None) -> str:
+    """'conclusive' when every model a result rests on is healthy (and, when ``seeds`` is given, the
+    result holds over more than one seed), else 'inconclusive'."""
     flags = [healthy] if isinstance(healthy, bool) else list(healthy)
-    return "conclusive" if flags and all(flags) else "inconclusive"
+    enough_seeds = seeds is None or seeds >= 2
+    return "conclusive" if flags and all(flags) and enough_seeds else "inconclusive"
 
 
 def criteria_dict(criteria: HealthCriteria | None = None) -> dict:

@@ -95,6 +95,7 @@ def test_report_summary_and_verdict():
     assert summary.loc["bad", "failed"] == "dead_ceiling"
     assert verdict([True, True]) == "conclusive" and verdict([True, False]) == "inconclusive"
     assert verdict([]) == "inconclusive"
+    assert verdict([True, True], seeds=1) == "inconclusive" and verdict([True], seeds=3) == "conclusive"
 
 
 def test_missing_columns_and_short_histories_are_named():
