@@ -33,6 +33,11 @@ def _tail_dot(p: torch.Tensor, v_tail: torch.Tensor) -> torch.Tensor:
     return torch.mul(p, v_tail).sum(dim=1)
 
 
+def _on_window_only(like: torch.Tensor, win_idx: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
+    """A (B, n) gradient that is ``win`` (float64, (B, K)) on the window and 0 elsewhere."""
+    return torch.zeros_like(like).scatter_(1, win_idx, win.to(like.dtype))
+
+
 class SoftTopK(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, k: torch.Tensor, alpha_t: torch.Tensor, alpha: float,
@@ -40,7 +45,7 @@ class SoftTopK(torch.autograd.Function):
         """x: (B, n) float32/float64; k: (B, 1); alpha_t: the 0-d tensor (or None) for autograd;
         blocks: row slices of the full-size passes, forward and backward."""
         f = lapsum_forward(x, k, alpha, window, blocks)
-        ctx.alpha, ctx.blocks = alpha, blocks
+        ctx.alpha, ctx.blocks, ctx.tail_free = alpha, blocks, f.tail_free
         ctx.save_for_backward(f.p, f.win_idx, f.p_win, f.q_win, f.S, f.t,
                               x if ctx.needs_input_grad[2] else None)
         return f.p
@@ -54,6 +59,11 @@ class SoftTopK(torch.autograd.Function):
         v_win = v.gather(1, win_idx).to(S.dtype)
         qv_win = (q_win * v_win).sum(dim=1)
         want_x = ctx.needs_input_grad[0]
+        if ctx.tail_free and not ctx.needs_input_grad[2]:  # q = 0 off the window: nothing to sum
+            qv, vbar = _vbar(torch.zeros_like(S), qv_win, S, 1.0)
+            grad_x = _on_window_only(v, win_idx, q_win * (v_win - vbar.unsqueeze(1))) if want_x else None
+            grad_k = vbar.unsqueeze(1).to(v.dtype) if ctx.needs_input_grad[1] else None
+            return grad_x, grad_k, None, None, None, None
         # The window-zeroed copy of v is then turned into grad_x in place, one block of rows at a
         # time so that the block stays in cache between the passes (rows are independent).
         qvb = torch.empty_like(v)
@@ -97,7 +107,7 @@ class SoftTopKGate(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, k: torch.Tensor, alpha: float, window: int | None,
                 blocks: list[slice]):
         f = lapsum_forward(x, k, alpha, window, blocks, gate=True)
-        ctx.alpha, ctx.blocks = alpha, blocks
+        ctx.alpha, ctx.blocks, ctx.tail_free = alpha, blocks, f.tail_free
         ctx.save_for_backward(x, f.p, f.win_idx, f.p_win, f.q_win, f.S)
         t, kth = f.t.to(x.dtype), f.kth
         ctx.mark_non_differentiable(t, kth, f.win_idx)
@@ -114,6 +124,12 @@ class SoftTopKGate(torch.autograd.Function):
         v_win = g_win * x.gather(1, win_idx).to(S.dtype)
         qv_win = (q_win * v_win).sum(dim=1)
         want_x = ctx.needs_input_grad[0]
+        if ctx.tail_free:  # p = q = 0 off the window: so is the gradient there
+            vbar = _vbar(torch.zeros_like(S), qv_win, S, 1.0)[1]
+            exact = g_win * p_win + q_win * (v_win - vbar.unsqueeze(1))
+            grad_x = _on_window_only(g, win_idx, exact) if want_x else None
+            grad_k = vbar.unsqueeze(1).to(g.dtype) if ctx.needs_input_grad[1] else None
+            return grad_x, grad_k, None, None, None
         buf = torch.empty_like(g)
         vbar = torch.empty_like(S)
         zero = g.new_zeros(())

@@ -11,10 +11,11 @@ q = ab·e^{−δ} underflows.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["solve_threshold"]
+__all__ = ["Threshold", "solve_threshold"]
 
 # Rows whose (max − min)/α exceeds this get exact pairwise log sums (error of the pivot-centred
 # ones grows like span/α · 2^-53).
@@ -42,15 +43,28 @@ def _exact_log_sums(s: torch.Tensor, tail: torch.Tensor, alpha: float) -> tuple[
     return ln_a, ln_b
 
 
-def solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha: float,
-                     n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Threshold t per row from the sorted window, and the soft count at the window's last knot.
+class Threshold(NamedTuple):
+    """What :func:`solve_threshold` returns, (B,) each: t = ref + α·off, with ref a window value, so
+    that (x − t)/α = (x − ref)/α − off stays exact when α is below ref's resolution (ref + α·off
+    would round to ref and put p = ½ on a whole tie block)."""
+
+    ref: torch.Tensor
+    off: torch.Tensor
+    phi_last: torch.Tensor
+    """Φ(s_{K−1}), the soft count at the window's last knot: the window holds t when it is > k."""
+    stable: torch.Tensor | None
+    """With ``tail_hi``: True where any tail sum in [tail, tail_hi] gives the same ref and off."""
+
+
+def solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha: float, n: int,
+                    tail_hi: float | None = None) -> Threshold:
+    """Threshold t per row from the sorted window (see :class:`Threshold`).
 
     s: (B, K) descending window values (float64); tail: (B,) T relative to s_{K−1};
-    k: (B,) budgets in (0, n); returns (ref, off, Φ(s_{K−1})): (B,) float64 each, with t = ref + α·off
-    and ref a window value, so that (x − t)/α = (x − ref)/α − off stays exact when α is below ref's
-    resolution (ref + α·off would round to ref and put p = ½ on a whole tie block); the window holds
-    t when Φ(s_{K−1}) > k.
+    k: (B,) budgets in (0, n). T enters ref and off only through ln A at two knots (the bracket's
+    lower end and the first) and the bracket itself; with ``tail_hi`` those are also computed for
+    T = tail_hi, and a row whose values agree at both ends is ``stable``: every intermediate T
+    gives the same result (each is a monotone function of T), so T need not be known exactly.
     """
     B, K = s.shape
     rows = torch.arange(B, device=s.device)
@@ -64,11 +78,14 @@ def solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha:
     ln_tail = z[:, -1] + torch.log(tail)
     ln_b = z + prefix
     ln_a = -z + torch.logaddexp(suffix, ln_tail.unsqueeze(1))
+    idx = torch.arange(K, device=s.device, dtype=s.dtype)
+    if tail_hi is not None:
+        ln_a_hi = -z + torch.logaddexp(suffix, (z[:, -1] + math.log(tail_hi)).unsqueeze(1))
+        phi_hi = idx + 0.5 + 0.5 * (torch.exp(ln_a_hi) - torch.exp(ln_b))
     far = (s[:, 0] - s[:, -1]) / alpha > _EXACT_SPAN
     if bool(far.any()):  # |z| so large that the pivot-centred sums lose tie multiplicities
         ln_a[far], ln_b[far] = _exact_log_sums(s[far], tail[far], alpha)
     # Soft count at each knot: Φ(s_p) = p + ½ + ½(A_p − B_p); non-decreasing, flat across ties.
-    idx = torch.arange(K, device=s.device, dtype=s.dtype)
     phi = idx + 0.5 + 0.5 * (torch.exp(ln_a) - torch.exp(ln_b))
     cnt = (phi <= k.unsqueeze(1)).sum(dim=1)
     # Rounding may split a tie block; the bracket must start at the end of the block.
@@ -94,5 +111,10 @@ def solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha:
     off_upper = _log1p_exp(ln_a[:, 0]) - torch.log(2 * k)
     off_lower = torch.log(2 * (n - k)) - _log1p_exp(ln_b[:, -1])
     ref = torch.where(upper, s[:, 0], torch.where(lower, s[:, -1], ref))
-    return ref, torch.where(upper, off_upper, torch.where(lower, off_lower, off)), phi[:, -1]
+    stable = None
+    if tail_hi is not None:  # rows on the exact pairwise sums (far) are not checked: never stable
+        stable = ((phi_hi <= k.unsqueeze(1)).sum(dim=1) == cnt) & ~far
+        stable &= (ln_a_hi[rows, l1] == ln_a[rows, l1]) & (ln_a_hi[:, 0] == ln_a[:, 0])
+    off = torch.where(upper, off_upper, torch.where(lower, off_lower, off))
+    return Threshold(ref, off, phi[:, -1], stable)
 
