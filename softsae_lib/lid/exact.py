@@ -1,4 +1,5 @@
-"""Exact squared distances of candidate pairs, shared by the brute-force and low-rank kNN searches.
+"""Exact squared distances of candidate pairs (and the matmul round-off that bounds the approximate
+ones), shared by the brute-force and low-rank kNN searches.
 
 Its own module so that ``lid/neighbors`` (which dispatches to ``lid/low_rank``) and ``lid/low_rank``
 (which refines its candidates with the same exact step) depend on it rather than on each other.
@@ -10,6 +11,14 @@ import torch
 from torch import Tensor
 
 _GATHER_ELEMS = 1 << 23  # upper bound on gathered candidate coordinates in the exact re-ranking
+
+
+def _unit_roundoff(dtype: torch.dtype) -> float:
+    """Unit round-off of a matmul in ``dtype`` under the current float32 matmul precision."""
+    if dtype == torch.float64:
+        return 2.0**-53
+    precision = torch.get_float32_matmul_precision()
+    return {"highest": 2.0**-24, "high": 2.0**-11}.get(precision, 2.0**-8)
 
 
 def _exact_sq(q: Tensor, r: Tensor, rows: Tensor, cand: Tensor) -> Tensor:

@@ -32,12 +32,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from softsae_lib.lid.exact import _exact_sq  # the same exact refinement as brute force
+from softsae_lib.lid.exact import _exact_sq, _unit_roundoff  # the same exact refinement as brute force
 
 _SAMPLE = 256  # points whose K-NN distance calibrates the rank
 _BASIS_ROWS = 8192  # rows of the Gram that picks the directions (any orthonormal basis is valid)
 _MIN_POINTS = 4096  # below this brute force is already cheap
 _CHUNK = 4096  # rows per float64 projection chunk
+_TABLE_ELEMS = 1 << 22  # elements of one block of the filter-space distance table
 
 
 def _pca(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
@@ -103,6 +104,34 @@ def filter_space(x: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
     return z, scale
 
 
+def _filter_candidates(zf: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """The m nearest other rows of every row of ``zf`` (N, r+1) float32 by the expanded-form distance.
+
+    Row blocks of the (N, N) table of ‖b‖² − 2a·b come from one matmul each on augmented vectors
+    [a, 1]·[−2b, ‖b‖²] (no separate passes adding the norms) and are reduced at once by ``topk``: at
+    r + 1 ≈ 10 dimensions the matmul is cheap and the passes over the table are the cost, so a
+    row-wise top-k over the full table beats the symmetric half-table merges of brute force.
+
+    Returns:
+        ``(cand, v)``: cand (N, m) long sorted by v ascending, and v (N, m) float64 their d̃² =
+        ‖a‖² + ‖b‖² − 2a·b; every other row b has d̃² ≥ v[:, -1].
+    """
+    n = zf.shape[0]
+    norms = zf.square().sum(1)
+    q = torch.cat([zf, torch.ones_like(norms)[:, None]], 1)
+    r = torch.cat([-2 * zf, norms[:, None]], 1)
+    cand = torch.empty(n, m, dtype=torch.long, device=zf.device)
+    v = torch.empty(n, m, dtype=zf.dtype, device=zf.device)
+    step = max(1, _TABLE_ELEMS // n)
+    buf = torch.empty(step * n, dtype=zf.dtype, device=zf.device)  # reused: no page faults per block
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        t = torch.mm(q[s:e], r.T, out=buf[: (e - s) * n].view(e - s, n))
+        t.diagonal(s).fill_(torch.inf)  # the point itself
+        v[s:e], cand[s:e] = t.topk(m, dim=1, largest=False, sorted=True)
+    return cand, v.to(torch.float64) + norms.to(torch.float64)[:, None]
+
+
 def knn_low_rank(x: Tensor, k: int, basis: Tensor, extra: int, brute) -> tuple[Tensor, Tensor, int]:
     """Exact self K-NN of the rows of ``x`` (N, D) through the filter of ``basis`` (module docstring).
 
@@ -111,23 +140,43 @@ def knn_low_rank(x: Tensor, k: int, basis: Tensor, extra: int, brute) -> tuple[T
         k: neighbours K (the point itself excluded).
         basis: (D, r) float64 orthonormal columns (see :func:`choose_rank`).
         extra: candidates beyond K refined exactly.
-        brute: ``brute(q, ref, k, exclude_self) -> (dist, idx)``, the exact brute-force search used in
-            z-space (``ref`` None) and for uncertified rows.
+        brute: ``brute(q, ref, k, exclude_self) -> (dist, idx)``, the exact brute-force search used
+            for uncertified rows.
     Returns:
         ``(dist, idx, n_redone)``: dist (N, K) float64 ascending, idx (N, K) long, and the number of
         rows that failed certification and were searched by brute force.
-    """
 
+    The filter's candidates are refined in two rounds: the K + 1 nearest in z-space first (for data
+    near the subspace the bound is tight and they certify), then all M + 1 for the rows that did not.
+    """
     n = x.shape[0]
     m = min(k + max(extra, 1), n - 2)
     z, scale = filter_space(x, basis)
-    lb, cand = brute(z.float(), None, m + 1, True)
+    zf = z.float()
+    cand, v = _filter_candidates(zf, m + 1)
+    # d̃² of float32 z is off by at most E (the brute-force search's bound, at dimension r + 1);
+    # float32 rounding of z moves each point by ≤ 2⁻²⁴‖z‖, with ‖z‖ = scale up to float64 rounding.
+    zn = zf.double().square().sum(1).sqrt()
+    err = (zf.shape[1] + 16) * _unit_roundoff(torch.float32) * 1.01 * (zn + zn.max()) ** 2
+    shift = 2.0**-23 * (scale + scale.max()) * 1.01
+
+    def certify(rows: Tensor, width: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Refine the first ``width`` candidates of ``rows``; the rows whose K nearest are certified."""
+        c = cand[rows, :width]
+        ex, order = _exact_sq(x, x, rows, c).sort(dim=1, stable=True)
+        # every row outside the first width candidates has d̃² ≥ v[:, width] (or the last v)
+        nxt = v[rows, min(width, m)]
+        bound = (nxt - err[rows]).clamp_min(0).sqrt() - shift[rows]
+        ok = (bound >= 0) & (bound.square() >= ex[:, k - 1])
+        return ex[:, :k], c.gather(1, order[:, :k]), ok
+
     rows = torch.arange(n, device=x.device)
-    ex, order = _exact_sq(x, x, rows, cand[:, :m]).sort(dim=1, stable=True)
-    dist, idx = ex[:, :k], cand[:, :m].gather(1, order[:, :k])
-    # float32 rounding of z moves each point by ≤ 2⁻²⁴‖z‖; ‖z‖ = scale up to float64 rounding.
-    bound = lb[:, m] - 2.0**-23 * (scale + scale.max()) * 1.01
-    bad = ((bound < 0) | (bound.square() < dist[:, -1])).nonzero().squeeze(1)
+    dist, idx, ok = certify(rows, k + 1)
+    bad = (~ok).nonzero().squeeze(1)
+    if bad.numel():
+        d2, i2, ok2 = certify(bad, m + 1 if m + 1 < n - 1 else m)
+        dist[bad], idx[bad] = d2, i2
+        bad = bad[~ok2]
     if bad.numel():
         d_bad, i_bad = brute(x[bad], x, k + 1, False)
         # drop the point itself (or, tied at distance 0, the last of its copies: the caller's

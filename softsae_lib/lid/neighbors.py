@@ -63,7 +63,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from softsae_lib.lid.exact import _exact_sq
+from softsae_lib.lid.exact import _exact_sq, _unit_roundoff
 from softsae_lib.lid.low_rank import choose_rank, knn_low_rank, low_rank_basis
 
 Duplicates = Literal["error", "warn", "exclude", "dedupe"]
@@ -98,13 +98,6 @@ def deduplicate(x: Tensor) -> tuple[Tensor, Tensor, int]:
     x = _check(x, "x")
     xu, inv = torch.unique(x, dim=0, return_inverse=True)
     return xu, inv, x.shape[0] - xu.shape[0]
-
-
-def _unit_roundoff(dtype: torch.dtype) -> float:
-    if dtype == torch.float64:
-        return 2.0**-53
-    precision = torch.get_float32_matmul_precision()
-    return {"highest": 2.0**-24, "high": 2.0**-11}.get(precision, 2.0**-8)
 
 
 class _Searcher:

@@ -1,0 +1,233 @@
+"""The forward pass of the LapSum soft top-k on a top-K window (``docs/method.md`` §2.7).
+
+Sort-free window: with K ≥ 2k + 2 the soft count at the K-th largest value satisfies
+Φ(s_{K−1}) ≥ K/2 > k, so the threshold lies inside the top-K window and only ``topk(x, K)`` plus one
+tail sum T = Σ_{j ∉ window} exp((x_j − s_{K−1})/α) are needed (when K would reach n the window is
+the whole sorted row). Tail elements always sit below t, so their p is ½·e^{(x_j−t)/α}: it is
+computed from the same buffer as T with one multiply, and their derivative q_j = p_j/α needs no
+second exponential in the backward pass. Window elements are recomputed in float64.
+
+The full-size work is two passes over x in blocks of rows chosen by the caller (see
+``soft_topk._row_blocks``): the tail sum, then p (and the gate's z = x ⊙ p) once t is known.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from softsae_lib.ops.soft_topk_threshold import Threshold, solve_threshold
+
+__all__ = ["Forward", "lapsum_forward", "window_size"]
+
+# Floor of the tail exponents u = (x − s_{K−1})/α, per dtype: below ln of the smallest normal
+# float (libm's slow path for underflowing exp costs ~10x), and low enough that ½e^floor is under
+# the flush level below, so every floored entry ends up an exact 0 in p whatever t is.
+_EXP_FLOOR = {torch.float32: -70.0, torch.float64: -694.0}
+# p below this is returned as 0 (≈ 2^-100 / 2^-1000): far below the rounding error of
+# any row sum Σp = k ≥ 1e-20, so Σp = k is unaffected, and no denormals reach later products.
+_FLUSH_BELOW = {torch.float32: 2.0**-100, torch.float64: 2.0**-1000}
+
+
+def window_size(k_max: float, n: int) -> int:
+    """Size K of the top-K window that provably contains the threshold for every k ≤ k_max."""
+    return min(n, 2 * math.ceil(k_max) + 2)
+
+# Extra columns of the first, narrow window beyond ⌈k_max⌉ + 1 (see lapsum_forward).
+_WINDOW_MARGIN = 8
+
+
+def _laplace_cdf(u: torch.Tensor) -> torch.Tensor:
+    e = 0.5 * torch.exp(-u.abs())
+    return torch.where(u > 0, 1.0 - e, e)
+
+
+
+@dataclass
+class Forward:
+    """What the forward pass leaves for the backward pass (all per row: (B,), or (B, K) window)."""
+
+    p: torch.Tensor | None  # (B, n) the mask, in x's dtype (None for a tail-free gate)
+    win_idx: torch.Tensor  # (B, K) positions of the top-K window
+    p_win: torch.Tensor  # (B, K) float64 p on the window
+    q_win: torch.Tensor  # (B, K) float64 q = f((x − t)/α)/α on the window
+    S: torch.Tensor  # (B,) Σ_j q_j
+    t: torch.Tensor  # (B,) threshold, ±∞ for k = 0 or n
+    kth: torch.Tensor  # (B,) the ⌊k⌋-th largest value (the hard top-⌊k⌋ cut), +∞ when ⌊k⌋ = 0
+    z: torch.Tensor | None = None  # (B, n) x ⊙ p, only for the gate
+    tail_free: bool = False  # p = 0 off the window, exactly (see _tail_free)
+
+
+def _tail_exp(x: torch.Tensor, s_last: torch.Tensor, alpha: float, out: torch.Tensor) -> torch.Tensor:
+    """out = e^{clamp((x − s_{K−1})/α, floor, 0)}: (R, n) from x: (R, n), s_last: (R, 1).
+
+    The clamped terms (< 4e-31 each in fp32) change T by far less than the dtype's resolution of
+    any sum that matters, and they are all flushed to 0 in p (see _EXP_FLOOR).
+    """
+    if 1.0 / alpha >= torch.finfo(x.dtype).max:  # 1/α overflows x's dtype: 0·∞ = NaN on ties
+        u = (x.double() - s_last.double()).div_(alpha)
+        out.copy_(u.clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_())
+        return out
+    b = torch.sub(x, s_last, out=out).mul_(1.0 / alpha)
+    return b.clamp_(min=_EXP_FLOOR[x.dtype], max=0.0).exp_()
+
+
+def lapsum_forward(x: torch.Tensor, k: torch.Tensor, alpha: float, window: int | None,
+                   blocks: list[slice], gate: bool = False) -> Forward:
+    """x: (B, n) float32/float64, finite; k: (B, 1) in [0, n]; blocks: row slices covering
+    range(B) for the full-size passes; gate: also form z = x ⊙ p.
+
+    Without an explicit window a narrow one (⌈k_max⌉ + 1 + _WINDOW_MARGIN columns) is tried
+    first: ``topk`` costs grow with K (K = 130 takes ~1.4× K = 64 at n = 16384), and at small α
+    the threshold sits a few ranks below k. The result is exact whenever Φ(s_{K−1}) > k in every
+    row (t then lies inside the window, all the math below only needs that); otherwise the
+    batch is redone with the provably sufficient window 2⌈k_max⌉ + 2. The gate always uses the
+    latter, since it returns the window's positions.
+    """
+    B, n = x.shape
+    wdt = torch.float64 if x.device.type != "mps" else torch.float32
+    kk = k.reshape(B).to(wdt)
+    if window is not None:
+        return forward_on_window(x, kk, alpha, min(n, window), blocks, gate, wdt, check=False)
+    k_max = float(kk.max())
+    K_safe = window_size(k_max, n)
+    K_narrow = min(n, math.ceil(k_max) + 1 + _WINDOW_MARGIN)
+    # The gate promises callers the full window_size(k_max) columns of positions (GateOutput.top).
+    if K_narrow < K_safe and not gate:
+        f = forward_on_window(x, kk, alpha, K_narrow, blocks, gate, wdt, check=True)
+        if f is not None:
+            return f
+    return forward_on_window(x, kk, alpha, K_safe, blocks, gate, wdt, check=False)
+
+
+def forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, blocks: list[slice],
+                      gate: bool, wdt: torch.dtype, check: bool) -> Forward | None:
+    """The forward pass on a top-K window; with ``check``, None unless every row's t lies in it.
+
+    x: (B, n); kk: (B,) budgets in wdt. Everything but two passes over x lives on the (B, K)
+    window: the tail sum T, then p (and z) once t is known, both in blocks of rows (``blocks``).
+    When the tail provably carries nothing (see _tail_free), neither pass is needed.
+    """
+    B, n = x.shape
+    if K < n:
+        s, win_idx = torch.topk(x, K, dim=1, sorted=True)
+    else:
+        s, win_idx = torch.sort(x, dim=1, descending=True)
+    s64 = s.to(wdt)
+    zero_rows = kk <= 0
+    full_rows = kk >= n
+    k_safe = torch.where(zero_rows | full_rows, torch.full_like(kk, n / 2), kk)
+    if K < n:
+        f = _tail_free(x, s, s64, win_idx, kk, k_safe, alpha, gate, check)
+        if f is not None:
+            return f
+    # Tail sum T = Σ_{j ∉ window} e^{(x_j − s_{K−1})/α}, block by block; the exponentials are
+    # kept in the output buffer and turned into p in place once t is known.
+    s_last = s[:, -1:]
+    buf = torch.empty_like(x)
+    tail_x = x.new_empty(B)
+    for rb in blocks:
+        b = _tail_exp(x[rb], s_last[rb], alpha, buf[rb])
+        b.scatter_(1, win_idx[rb], 0.0)
+        torch.sum(b, dim=1, out=tail_x[rb])
+    tail = tail_x.to(wdt)
+    th = solve_threshold(s64, tail, k_safe, alpha, n)
+    # Half a unit of slack keeps rounding in Φ from accepting a window that t only grazes.
+    if check and not bool(((th.phi_last > k_safe + 0.5) | zero_rows | full_rows).all()):
+        return None
+    w = _on_window(s64, kk, n, th, tail, alpha)
+    # Off-window p = e^u·γ. Entries with e^u below flush/γ give p < 2^-100 and are flushed
+    # below; raising them to (just under) flush/γ first keeps every product a normal number (a
+    # denormal product costs a ~100-cycle microcode assist per element, and most of a row sits
+    # on the floor), so p is bit for bit the plain product, flushed. When γ itself is below the
+    # flush level the whole tail is zero: γ is set to 0 rather than left as a denormal factor.
+    flush = _FLUSH_BELOW[x.dtype]
+    raise_to = (flush * (1 - 1e-5) / w.gamma).clamp(max=1.0).to(x.dtype).unsqueeze(1)
+    gamma_x = torch.where(w.gamma < flush, torch.zeros_like(w.gamma), w.gamma).to(x.dtype).unsqueeze(1)
+    p_win_x = w.p_win.to(x.dtype)
+    z = torch.empty_like(x) if gate else None
+    for rb in blocks:
+        b = torch.maximum(buf[rb], raise_to[rb], out=buf[rb]).mul_(gamma_x[rb])
+        b.scatter_(1, win_idx[rb], p_win_x[rb])
+        # Flush negligible p to exact zeros: denormals (and the products they make downstream,
+        # e.g. r ⊙ p in SoftSAE) slow every later matmul by an order of magnitude on x86 CPUs.
+        # Done after the window is written so that a tie block straddling the window edge gets
+        # one value (flushing the tail alone broke exact ties there).
+        torch.nn.functional.threshold_(b, flush, 0.0)
+        if z is not None:
+            torch.mul(x[rb], b, out=z[rb])
+    return Forward(buf, win_idx, w.p_win, w.q_win, w.S, w.t, _kth(s, kk), z)
+
+
+class _Window(NamedTuple):
+    t: torch.Tensor  # (B,) threshold, ±∞ for k = 0 or n
+    gamma: torch.Tensor  # (B,) ½ e^{(s_{K−1} − t)/α}: off-window p_j = γ e^{(x_j − s_{K−1})/α}
+    p_win: torch.Tensor  # (B, K)
+    q_win: torch.Tensor  # (B, K)
+    S: torch.Tensor  # (B,) Σ_j q_j over the whole row
+
+
+def _on_window(s64: torch.Tensor, kk: torch.Tensor, n: int, th: Threshold, tail: torch.Tensor,
+               alpha: float) -> _Window:
+    """t, γ, and p, q on the window (float64), and S = Σq, from the solved threshold."""
+    zero_rows, full_rows = kk <= 0, kk >= n
+    ref, off = th.ref, th.off
+    t = torch.where(zero_rows, math.inf, torch.where(full_rows, -math.inf, ref + alpha * off))
+    special = zero_rows | full_rows  # t = ±∞; otherwise (x − t)/α = (x − ref)/α − off, exactly
+    # Off-window p_j = ½ e^{(x_j − t)/α} = buf_j · ½ e^{(s_{K−1} − t)/α} (exponent ≤ 0).
+    gamma = 0.5 * torch.exp(torch.where(special, (s64[:, -1] - t) / alpha,
+                                        (s64[:, -1] - ref) / alpha - off))
+    u_win = torch.where(special.unsqueeze(1), (s64 - t.unsqueeze(1)) / alpha,
+                        (s64 - ref.unsqueeze(1)) / alpha - off.unsqueeze(1))
+    q_win = 0.5 * torch.exp(-u_win.abs()) / alpha
+    # Σ_j q_j: the tail's q is p/α, and the tail's Σp is γ·T.
+    S = (gamma * tail) / alpha + q_win.sum(dim=1)
+    return _Window(t, gamma, _laplace_cdf(u_win), q_win, S)
+
+
+def _kth(s: torch.Tensor, kk: torch.Tensor) -> torch.Tensor:
+    """The ⌊k⌋-th largest value per row from the window s (K > k), +∞ where ⌊k⌋ = 0."""
+    rank = kk.floor().long().clamp(min=1, max=s.shape[1]) - 1
+    return torch.where(kk >= 1, s.gather(1, rank.unsqueeze(1)).squeeze(1), torch.full_like(s[:, 0], math.inf))
+
+
+# Rows are tried on the tail-free path when the window's last value sits this many α below the
+# value at rank ⌈k⌉ (a guess only: the path verifies its own conditions). e^-745 underflows float64.
+_TAIL_FREE_GAP = 760.0
+
+
+def _tail_free(x: torch.Tensor, s: torch.Tensor, s64: torch.Tensor, win_idx: torch.Tensor,
+               kk: torch.Tensor, k_safe: torch.Tensor, alpha: float, gate: bool,
+               check: bool) -> Forward | None:
+    """The forward pass without touching the tail, or None where it does not provably apply.
+
+    At small α the window's last value lies hundreds of α below t, so every off-window term
+    γ·e^{(x_j − s_{K−1})/α} has γ = ½e^{(s_{K−1} − t)/α} = 0 exactly in float64: off-window p is 0
+    (the full path flushes it to 0 too), the tail adds 0 to S, and T (any value in [0, n − K]:
+    each term is ≤ 1) leaves t unchanged (``solve_threshold``'s ``stable``). Then p and z are zero
+    but for the window, and the results equal the full path's, which computes T in a full pass.
+    """
+    B, n = x.shape
+    K = s.shape[1]
+    zero_rows, full_rows = kk <= 0, kk >= n
+    if bool(full_rows.any()):
+        return None
+    at_k = s64.gather(1, k_safe.ceil().long().clamp(max=K - 1).unsqueeze(1)).squeeze(1)
+    if not bool((zero_rows | ((s64[:, -1] - at_k) / alpha < -_TAIL_FREE_GAP)).all()):
+        return None
+    tail = torch.zeros_like(k_safe)
+    th = solve_threshold(s64, tail, k_safe, alpha, n, tail_hi=float(n - K))
+    w = _on_window(s64, kk, n, th, tail, alpha)
+    if not bool((zero_rows | (th.stable & (w.gamma == 0))).all()):
+        return None
+    # Φ(s_{K−1}) at T = 0 is a lower bound: accepted here means accepted with the true T; a
+    # rejection is left to the full path, which knows T.
+    if check and not bool(((th.phi_last > k_safe + 0.5) | zero_rows).all()):
+        return None
+    p_win_x = torch.nn.functional.threshold(w.p_win.to(x.dtype), _FLUSH_BELOW[x.dtype], 0.0)
+    z = torch.zeros_like(x).scatter_(1, win_idx, s * p_win_x) if gate else None
+    p = None if gate else torch.zeros_like(x).scatter_(1, win_idx, p_win_x)
+    return Forward(p, win_idx, w.p_win, w.q_win, w.S, w.t, _kth(s, kk), z, tail_free=True)
