@@ -60,3 +60,8 @@ def test_missing_markers_results_and_bad_verdicts_are_named(tmp_path):
         render(tmp_path / "nothing")
     with pytest.raises(ValueError, match="verdict"):
         claim("x", 1.0, verdict="maybe")
+
+
+def test_readme_block_is_what_the_committed_local_results_give():
+    # the README's numbers cannot drift from results/local: regenerate with `make readme`
+    assert update_readme(ROOT / "README.md", ROOT / "results" / "local", check=True)
