@@ -188,7 +188,23 @@ class LMCapture:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LMExperiment(LMCapture, SAEExperiment):
+class ReplicatedSAE(SAEExperiment):
+    """SoftSAE seeds and the direct explanation-length test of notebooks 03 and 04 (issue 12)."""
+
+    seeds: tuple[int, ...] = (0, 1)
+    """SoftSAE seeds at the k the k̂ results use (reported per seed and pooled)."""
+    workers: int = 1
+    """Processes that train models concurrently, one thread each (1: sequentially, in the kernel)."""
+    explain_n: int = 1000
+    """Held-out samples whose explanation length (OMP on the TopK decoder) is measured."""
+    explain_max_atoms: int | None = None
+    """OMP steps; None: twice the matched budget (samples needing more are censored)."""
+    explain_tolerance: float | None = None
+    """Relative squared error that counts as explained; None: the median error OMP reaches at the budget."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LMExperiment(LMCapture, ReplicatedSAE):
     """03_gpt2: SoftSAE and the baselines on a language model's residual stream over a k grid."""
 
     k_grid: tuple[int, ...]
@@ -203,10 +219,14 @@ class LMExperiment(LMCapture, SAEExperiment):
     """Held-out windows for CE-loss recovered."""
     html_windows: int = 4
     """Windows rendered as k̂-shaded HTML."""
+    lid_ks: tuple[int, ...] = (10, 20, 50, 100)
+    """LID-estimator study: neighbourhood sizes K."""
+    lid_ns: tuple[int, ...] = (1000, 2500, 5000)
+    """LID-estimator study: nested subsample sizes N (capped at lid_n)."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class ViTExperiment(SAEExperiment):
+class ViTExperiment(ReplicatedSAE):
     """04_vit: SoftSAE and the baselines on ViT CLS embeddings of CIFAR-10."""
 
     encoder: str
@@ -326,10 +346,12 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
         "smoke": LMExperiment(model="gpt2-random", random_config=_TINY_GPT2, layer=1, text="wikitext-2",
                               context_len=32, train_tokens=6000, test_tokens=1500, test_windows_per_doc=8,
                               dict_size=64, k_grid=(4, 8), steps=120, batch_size=128, lr=3e-3, ce_windows=8,
-                              lid_n=800, lid_k=10, n_boot=100, html_windows=2, threads=1, progress=False),
+                              lid_n=800, lid_k=10, n_boot=100, html_windows=2, threads=1, progress=False,
+                              lid_ks=(5, 10, 20), lid_ns=(300, 800), explain_n=300),
         "local": LMExperiment(model="smollm2-135m", layer=15, text="offline", context_len=128,
-                              train_tokens=200_000, test_tokens=8000, dict_size=2048, k_grid=(16, 32),
-                              steps=300, batch_size=512, lr=1e-3, ce_windows=16, lid_n=5000, progress=False),
+                              train_tokens=300_000, test_tokens=8000, dict_size=2048, k_grid=(16, 32),
+                              steps=300, batch_size=512, lr=1e-3, ce_windows=16, lid_n=5000, progress=False,
+                              workers=2, explain_n=2000),
         "paper": LMExperiment(model="gpt2", layer=6, text="hf:HuggingFaceFW/fineweb:sample-10BT:train",
                               max_documents=200_000, context_len=128, capture_batch=64,
                               train_windows_per_doc=None, test_windows_per_doc=4, train_tokens=50_000_000,
@@ -390,5 +412,5 @@ def get_profile(experiment: str, profile: str) -> Settings:
 
 
 __all__ = ["PROFILES", "EXPERIMENTS", "get_profile", "Settings", "SoftTopKDemo", "ViTNotebook",
-           "SAEExperiment", "ManifoldExperiment", "SyntheticManifolds", "LMCapture", "LMExperiment",
-           "ViTExperiment", "LMArm", "Architectures", "ArchitecturesLM"]
+           "SAEExperiment", "ReplicatedSAE", "ManifoldExperiment", "SyntheticManifolds", "LMCapture",
+           "LMExperiment", "ViTExperiment", "LMArm", "Architectures", "ArchitecturesLM"]
