@@ -364,7 +364,8 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
     # clusters for the bootstrap.
     "04_vit": {
         "smoke": ViTExperiment(encoder="random-tiny-vit", n_train=1500, n_test=500, dict_size=128, k=6,
-                               steps=200, batch_size=256, lr=3e-3, lid_k=15, n_boot=200, grid_n=8, threads=1),
+                               steps=200, batch_size=256, lr=3e-3, lid_k=15, n_boot=200, grid_n=8, threads=1,
+                               explain_n=300),
         "local": ViTExperiment(encoder="cifar10-vit", n_train=30000, n_test=5000, dict_size=1024, k=16,
                                steps=2000, batch_size=512, lr=1e-3),
         "paper": ViTExperiment(encoder="google/vit-base-patch16-224", n_train=50000, n_test=10000,
