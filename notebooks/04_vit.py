@@ -46,23 +46,22 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import torch
 from IPython.display import display
 
 from softsae_lib.experiments.matched import association_table, per_sample_frame, summary_table
 from softsae_lib.experiments.replicates import (
     data_passes,
-    explanation_lengths,
-    health_tables,
+    explanation_test,
     model_label,
     per_seed_associations,
+    report_health,
     seed_frames,
     train_matched_seeds,
     verdicts,
 )
 from softsae_lib.lid import local_id
-from softsae_lib.plots import by_group, save_figure, scatter_with_trend, training_curves
+from softsae_lib.plots import by_group, save_figure, scatter_with_trend
 from softsae_lib.provenance import save_metrics
 from softsae_lib.reproduce import notebook_setup
 from softsae_lib.saes import ARCHITECTURES
@@ -131,16 +130,10 @@ table
 # then one row per model with the measured values; labels `<arch> k=<SoftSAE target k> s<seed>`.
 
 # %%
-report, health = health_tables(runs.histories())
-with pd.option_context("display.max_colwidth", 90, "display.width", 200):
-    print(report.to_string(index=False))
-health
-
-# %%
-fig = training_curves(runs.histories(), title=f"Training curves — encoder: {ENC}")
-if out:
-    save_figure(fig, out / "training_curves.png")
+report, health, _ = report_health(runs.histories(), f"Training curves — encoder: {ENC}",
+                                  out / "training_curves.png" if out else None)
 plt.show()
+health
 
 # %% [markdown]
 # ## 3. The distribution of k̂, overall and per class
@@ -246,30 +239,22 @@ seed_assoc[["target", "seed", "n", "spearman", "spearman_ci_low", "spearman_ci_h
 # per seed and pooled; BatchTopK's L0 and the LID estimates get the same test.
 
 # %%
-topk = models["topk"]
-budget = float(topk.model.config.k)
 ex_rows = np.sort(np.random.default_rng(P.seed + 1).choice(len(frame), min(P.explain_n, len(frame)),
                                                            replace=False))
 t0 = time.perf_counter()
-atoms, explain_info = explanation_lengths(topk.model, x_test[ex_rows], budget,
-                                          P.explain_max_atoms or int(2 * budget), P.explain_tolerance)
+ex = explanation_test(models["topk"], x_test, ex_rows, runs.seeds, labels[ex_rows],
+                      {c: frame[c].to_numpy()[ex_rows] for c in ("batch_topk_l0", *lid_cols)}, P)
 timings["explanation_s"] = time.perf_counter() - t0
-ex_cols = {"explanation_length": atoms, "label": labels[ex_rows],
-           **{c: frame[c].to_numpy()[ex_rows] for c in ("batch_topk_l0", *lid_cols)}}
-ex_frames = seed_frames(runs.seeds, ex_rows, **ex_cols)
-ex_seed = per_seed_associations(ex_frames, "soft_k_hat", ["explanation_length"], "label", n_boot=P.n_boot,
-                                seed=P.seed)
-ex_other = association_table(ex_frames[P.seed], ["batch_topk_l0", *lid_cols], ["explanation_length"],
-                             clusters="label", n_boot=P.n_boot, seed=P.seed)
-print(f"explanation length on {len(ex_rows)} images: {explain_info} — encoder: {ENC}")
-display(ex_seed[["seed", "n", "spearman", "spearman_ci_low", "spearman_ci_high", "note"]])
-ex_other[["kappa", "target", "n", "spearman", "spearman_ci_low", "spearman_ci_high", "note"]]
+ex_frames = ex.frames
+print(f"explanation length on {len(ex_rows)} images: {ex.info} — encoder: {ENC}")
+display(ex.per_seed[["seed", "n", "spearman", "spearman_ci_low", "spearman_ci_high", "note"]])
+ex.others[["kappa", "target", "n", "spearman", "spearman_ci_low", "spearman_ci_high", "note"]]
 
 # %%
 fig, ax = plt.subplots(figsize=(5, 4))
 scatter_with_trend(ax, ex_frames[P.seed]["explanation_length"], ex_frames[P.seed]["soft_k_hat"],
                    "atoms OMP needs (TopK decoder)", "SoftSAE k̂", f"k̂ vs explanation length (seed {P.seed})")
-fig.suptitle(f"tolerance {explain_info['tolerance']:.3g} — encoder: {ENC}", fontsize=9)
+fig.suptitle(f"tolerance {ex.info['tolerance']:.3g} — encoder: {ENC}", fontsize=9)
 if out:
     save_figure(fig, out / "explanation_length.png")
 plt.show()
@@ -303,7 +288,7 @@ metrics = {
     "models": table, "association": assoc, "seed_association": seed_assoc,
     "training": {**passes, "steps": P.steps, "batch_size": P.batch_size, "workers": P.workers},
     "health": report, "health_summary": health, "health_criteria": criteria_dict(), "verdicts": verdict,
-    "explanation_length": {**explain_info, "n": int(len(ex_rows)), "per_seed": ex_seed, "others": ex_other},
+    "explanation_length": {**ex.info, "per_seed": ex.per_seed, "others": ex.others},
     "timings": timings,
     "per_class": per_class.reset_index(names="class"),
     "lid_mle_mean": float(frame["lid_mle"].mean()),

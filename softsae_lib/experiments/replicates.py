@@ -24,11 +24,12 @@ import pandas as pd
 import torch
 
 from softsae_lib.experiments.controls import explanation_length
-from softsae_lib.experiments.matched import BASELINES, TrainedModel, fit_and_evaluate
+from softsae_lib.experiments.matched import BASELINES, TrainedModel, association_table, fit_and_evaluate
 from softsae_lib.experiments.parallel import run_jobs
 from softsae_lib.experiments.seeds import seed_association
 from softsae_lib.ops.matching_pursuit import PursuitPath
-from softsae_lib.profiles import SAEExperiment
+from softsae_lib.plots import save_figure, training_curves
+from softsae_lib.profiles import ReplicatedSAE, SAEExperiment
 from softsae_lib.saes import SAE
 from softsae_lib.training.health import HealthCriteria, health_report, health_summary, verdict
 
@@ -121,6 +122,23 @@ def health_tables(histories: dict[str, pd.DataFrame],
     return report, summary
 
 
+def report_health(histories: dict[str, pd.DataFrame], title: str, figure_path=None,
+                  criteria: HealthCriteria | None = None):
+    """The training-health section of a notebook: prints the long :func:`health_tables` report, draws
+    :func:`softsae_lib.plots.training_curves` (saved to ``figure_path`` when given).
+
+    Returns:
+        (report, summary, figure).
+    """
+    report, summary = health_tables(histories, criteria)
+    with pd.option_context("display.max_colwidth", 90, "display.width", 200):
+        print(report.to_string(index=False))
+    fig = training_curves(histories, title=title)
+    if figure_path is not None:
+        save_figure(fig, figure_path)
+    return report, summary, fig
+
+
 def verdicts(summary: pd.DataFrame, rests_on: dict[str, Sequence[str]]) -> dict[str, str]:
     """{result: 'conclusive' | 'inconclusive'}: conclusive only when every model the result rests on
     (labels of ``summary['model']``) is healthy. A label missing from the summary is an error."""
@@ -180,3 +198,41 @@ def seed_frames(models: dict[int, TrainedModel], rows: np.ndarray,
                              "soft_l0": m.per_sample["l0"].numpy()[rows],
                              **{name: np.asarray(v) for name, v in columns.items()}})
             for s, m in models.items()}
+
+
+@dataclass
+class ExplanationTest:
+    """Explanation lengths of held-out samples and their association with k̂ and other per-sample values."""
+
+    info: dict
+    """:func:`explanation_lengths` settings and summary, plus ``n``."""
+    frames: dict[int, pd.DataFrame]
+    """{seed: per-sample frame}: ``soft_k_hat``, ``soft_l0``, ``explanation_length`` and the other columns."""
+    per_seed: pd.DataFrame
+    """ρ(k̂, explanation length) per seed and pooled (:func:`per_seed_associations`)."""
+    others: pd.DataFrame
+    """ρ(column, explanation length) for every other column, at the first seed (``association_table``)."""
+
+
+def explanation_test(topk: TrainedModel, x_test: torch.Tensor, rows: np.ndarray,
+                     seeds: dict[int, TrainedModel], clusters: np.ndarray, others: dict[str, np.ndarray],
+                     p: ReplicatedSAE) -> ExplanationTest:
+    """The direct test of "k̂ is an explanation length" on the held-out samples ``rows``.
+
+    Args:
+        topk: the TopK model at the matched budget whose decoder is the dictionary.
+        x_test: (N_test, d) held-out samples; ``rows`` (n,) selects the tested ones.
+        seeds: {seed: SoftSAE} evaluated on all of ``x_test``.
+        clusters: (n,) cluster of each tested sample (bootstrap unit).
+        others: {name: (n,) values}: further per-sample columns tested against the explanation length.
+        p: settings (``explain_max_atoms``, ``explain_tolerance``, ``n_boot``, ``seed``).
+    """
+    budget = float(topk.model.config.k)
+    max_atoms = p.explain_max_atoms or int(2 * budget)
+    atoms, info = explanation_lengths(topk.model, x_test[rows], budget, max_atoms, p.explain_tolerance)
+    frames = seed_frames(seeds, rows, explanation_length=atoms, cluster=clusters, **others)
+    target = ["explanation_length"]
+    per_seed = per_seed_associations(frames, "soft_k_hat", target, "cluster", n_boot=p.n_boot, seed=p.seed)
+    first = frames[next(iter(frames))]
+    table = association_table(first, list(others), target, clusters="cluster", n_boot=p.n_boot, seed=p.seed)
+    return ExplanationTest({**info, "n": int(len(rows))}, frames, per_seed, table)
