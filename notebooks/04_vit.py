@@ -57,6 +57,7 @@ from softsae_lib.experiments.replicates import (
     per_seed_associations,
     report_health,
     seed_frames,
+    stacked_histories,
     train_matched_seeds,
     verdicts,
 )
@@ -128,6 +129,13 @@ table
 # ### Training health
 # One row per model and check (thresholds in `threshold`: `softsae_lib.training.health.HealthCriteria`),
 # then one row per model with the measured values; labels `<arch> k=<SoftSAE target k> s<seed>`.
+
+# %% [markdown]
+# Reading the checks: `finite` takes the largest batch FVU over *all* logged steps. TopK-family models
+# start with k annealed down from d and a random decoder, so their batch FVU can exceed the threshold in
+# the first few steps (see `histories.csv`) without any later divergence; the check is reported as it
+# stands and still makes the results that rest on such a model inconclusive. `converged` asks for a
+# plateau of the batch FVU over the last 20% of the constant-learning-rate steps.
 
 # %%
 report, health, _ = report_health(runs.histories(), f"Training curves — encoder: {ENC}",
@@ -295,6 +303,7 @@ metrics = {
 }
 if out:
     save_metrics(out / "metrics.json", metrics)
+    stacked_histories(runs.histories()).to_csv(out / "histories.csv", index=False)
     frame.to_csv(out / "per_sample.csv", index=False)
 per = seed_assoc[seed_assoc["target"] == "lid_mle"]
 print(f"{ENC}: Spearman(k̂, LID MLE) per seed: "

@@ -54,6 +54,12 @@ class MatchedRuns:
         return out
 
 
+def stacked_histories(histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every model's training history in one long frame with a leading ``model`` column (for a CSV)."""
+    return pd.concat([h.assign(model=name) for name, h in histories.items()], ignore_index=True)[
+        ["model", *dict.fromkeys(c for h in histories.values() for c in h.columns)]]
+
+
 def model_label(arch: str, k_target: int, seed: int) -> str:
     """The label of one trained model in health tables and figures."""
     return f"{arch} k={k_target} s{seed}"

@@ -17,6 +17,7 @@ from softsae_lib.experiments.replicates import (
     per_seed_associations,
     report_health,
     seed_frames,
+    stacked_histories,
     train_matched_seeds,
     verdicts,
 )
@@ -97,3 +98,6 @@ def test_report_health_prints_the_table_and_saves_the_figure(runs, tmp_path, cap
     report, summary, fig = report_health(out.histories(), "t", tmp_path / "curves.png")
     assert "dead_ceiling" in capsys.readouterr().out and (tmp_path / "curves.png").stat().st_size > 1000
     assert len(summary) == 6 and set(report["model"]) == set(summary["model"])
+    long = stacked_histories(out.histories())
+    assert list(long.columns[:2]) == ["model", "step"]
+    assert len(long) == sum(map(len, out.histories().values()))
