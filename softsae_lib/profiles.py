@@ -220,7 +220,23 @@ class LMCapture:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LMExperiment(LMCapture, SAEExperiment):
+class ReplicatedSAE(SAEExperiment):
+    """SoftSAE seeds and the direct explanation-length test of notebooks 03 and 04 (issue 12)."""
+
+    seeds: tuple[int, ...] = (0, 1)
+    """SoftSAE seeds at the k the k̂ results use (reported per seed and pooled)."""
+    workers: int = 1
+    """Processes that train models concurrently, one thread each (1: sequentially, in the kernel)."""
+    explain_n: int = 1000
+    """Held-out samples whose explanation length (OMP on the TopK decoder) is measured."""
+    explain_max_atoms: int | None = None
+    """OMP steps; None: twice the matched budget (samples needing more are censored)."""
+    explain_tolerance: float | None = None
+    """Relative squared error that counts as explained; None: the median error OMP reaches at the budget."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LMExperiment(LMCapture, ReplicatedSAE):
     """03_gpt2: SoftSAE and the baselines on a language model's residual stream over a k grid."""
 
     k_grid: tuple[int, ...]
@@ -235,10 +251,14 @@ class LMExperiment(LMCapture, SAEExperiment):
     """Held-out windows for CE-loss recovered."""
     html_windows: int = 4
     """Windows rendered as k̂-shaded HTML."""
+    lid_ks: tuple[int, ...] = (10, 20, 50, 100)
+    """LID-estimator study: neighbourhood sizes K."""
+    lid_ns: tuple[int, ...] = (1000, 2500, 5000)
+    """LID-estimator study: nested subsample sizes N (capped at lid_n)."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class ViTExperiment(SAEExperiment):
+class ViTExperiment(ReplicatedSAE):
     """04_vit: SoftSAE and the baselines on ViT CLS embeddings of CIFAR-10."""
 
     encoder: str
@@ -408,10 +428,12 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
         "smoke": LMExperiment(model="gpt2-random", random_config=_TINY_GPT2, layer=1, text="wikitext-2",
                               context_len=32, train_tokens=6000, test_tokens=1500, test_windows_per_doc=8,
                               dict_size=64, k_grid=(4, 8), steps=120, batch_size=128, lr=3e-3, ce_windows=8,
-                              lid_n=800, lid_k=10, n_boot=100, html_windows=2, threads=1, progress=False),
+                              lid_n=800, lid_k=10, n_boot=100, html_windows=2, threads=1, progress=False,
+                              lid_ks=(5, 10, 20), lid_ns=(300, 800), explain_n=300),
         "local": LMExperiment(model="smollm2-135m", layer=15, text="offline", context_len=128,
-                              train_tokens=200_000, test_tokens=8000, dict_size=2048, k_grid=(16, 32),
-                              steps=300, batch_size=512, lr=1e-3, ce_windows=16, lid_n=5000, progress=False),
+                              train_tokens=300_000, test_tokens=8000, dict_size=2048, k_grid=(16, 32),
+                              steps=1000, batch_size=256, lr=1e-3, ce_windows=16, lid_n=5000, progress=False,
+                              workers=2, explain_n=2000),
         "paper": LMExperiment(model="gpt2", layer=6, text="hf:HuggingFaceFW/fineweb:sample-10BT:train",
                               max_documents=200_000, context_len=128, capture_batch=64,
                               train_windows_per_doc=None, test_windows_per_doc=4, train_tokens=50_000_000,
@@ -424,9 +446,10 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
     # clusters for the bootstrap.
     "04_vit": {
         "smoke": ViTExperiment(encoder="random-tiny-vit", n_train=1500, n_test=500, dict_size=128, k=6,
-                               steps=200, batch_size=256, lr=3e-3, lid_k=15, n_boot=200, grid_n=8, threads=1),
-        "local": ViTExperiment(encoder="cifar10-vit", n_train=30000, n_test=5000, dict_size=1024, k=16,
-                               steps=2000, batch_size=512, lr=1e-3),
+                               steps=200, batch_size=256, lr=3e-3, lid_k=15, n_boot=200, grid_n=8, threads=1,
+                               explain_n=300),
+        "local": ViTExperiment(encoder="cifar10-vit", n_train=50000, n_test=5000, dict_size=1024, k=16,
+                               steps=2000, batch_size=512, lr=1e-3, workers=2, explain_n=2000, progress=False),
         "paper": ViTExperiment(encoder="google/vit-base-patch16-224", n_train=50000, n_test=10000,
                                dict_size=12288, k=32, steps=20000, batch_size=4096, lr=5e-4,
                                capture_batch=256, device="cuda"),
@@ -481,5 +504,5 @@ def get_profile(experiment: str, profile: str) -> Settings:
 
 
 __all__ = ["PROFILES", "EXPERIMENTS", "get_profile", "Settings", "SoftTopKDemo", "ViTNotebook",
-           "SAEExperiment", "ManifoldExperiment", "SyntheticManifolds", "LMCapture", "LMExperiment",
-           "ViTExperiment", "LMArm", "ZipfArm", "Architectures", "ArchitecturesLM"]
+           "SAEExperiment", "ReplicatedSAE", "ManifoldExperiment", "SyntheticManifolds", "LMCapture",
+           "LMExperiment", "ViTExperiment", "LMArm", "ZipfArm", "Architectures", "ArchitecturesLM"]

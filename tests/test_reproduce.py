@@ -122,8 +122,31 @@ def test_lm_notebook_metrics(smoke_results):
         assert -1 <= a["partial_spearman"] <= 1 and a["n_covariates"] == 4
         assert "constant" in assoc[(k, "topk_l0", "lid_mle")]["note"]
     assert (folder / "khat_tokens.html").read_text(encoding="utf-8").count("title=\"k̂ =") > 20
-    for fig in ("frontiers.png", "khat_distribution.png", "khat_vs_lid.png"):
+    for fig in ("frontiers.png", "khat_distribution.png", "khat_vs_lid.png", "training_curves.png",
+                "lid_sensitivity.png", "explanation_length.png"):
         assert (folder / fig).stat().st_size > 1000
+    _check_health_and_seeds(m, n_models=len(p.k_grid) * (1 + len(p.baselines)) + len(p.seeds) - 1,
+                            seeds=p.seeds, every_model="frontier",
+                            results={"khat_vs_lid", "explanation_length"})
+    study = m["lid_study"]["summary"]
+    assert {r["estimator"] for r in study} == {"mle", "twonn", "lpca"}
+    assert {r["k"] for r in study} == set(p.lid_ks)
+    assert m["explanation_length"]["n"] == p.explain_n
+
+
+def _check_health_and_seeds(m: dict, n_models: int, seeds: tuple, every_model: str, results: set) -> None:
+    """Issue 12 §1/§3: a health row per model, verdicts that follow it, k̂ results per seed and pooled.
+    ``every_model`` names the result that rests on all models."""
+    summary = {r["model"]: r["healthy"] for r in m["health_summary"]}
+    assert len(summary) == n_models and {r["model"] for r in m["health"]} == set(summary)
+    assert m["health_criteria"]["max_dead_fraction"] == 0.5
+    assert {every_model, *results} <= set(m["verdicts"])
+    assert set(m["verdicts"].values()) <= {"conclusive", "inconclusive"}
+    assert m["verdicts"][every_model] == ("conclusive" if all(summary.values()) else "inconclusive")
+    assert {r["seed"] for r in m["seed_association"] if r["target"] == "lid_mle"} == {*seeds, "pooled"}
+    assert {r["seed"] for r in m["explanation_length"]["per_seed"]} == {*seeds, "pooled"}
+    t = m["training"]
+    assert t["epochs"] == pytest.approx(t["samples_seen"] / t["train_samples"])
 
 
 def test_failing_cell_is_named_and_partial_output_kept(tmp_path, monkeypatch):
@@ -206,8 +229,11 @@ def test_vit_notebook_metrics(smoke_results):
     assert ("soft_k_hat", "classifier_entropy") in assoc and ("batch_topk_l0", "png_bytes") in assoc
     assert len(m["per_class"]) == 10
     for fig in ("khat_distribution.png", "grid_lowest_khat.png", "grid_highest_khat.png",
-                "khat_vs_complexity.png"):
+                "khat_vs_complexity.png", "training_curves.png", "explanation_length.png"):
         assert (root / "smoke" / "04_vit" / fig).stat().st_size > 1000
+    p = get_profile("04_vit", "smoke")
+    _check_health_and_seeds(m, n_models=len(rows) + len(p.seeds) - 1, seeds=p.seeds, every_model="fidelity",
+                            results={"khat_vs_lid", "explanation_length"})
 
 
 def test_architectures_notebook_metrics(smoke_results):
