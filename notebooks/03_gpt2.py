@@ -76,6 +76,8 @@ from softsae_lib.experiments.replicates import (
     explanation_test,
     model_label,
     per_seed_associations,
+    pooled_claim,
+    readme_models,
     report_health,
     seed_frames,
     stacked_histories,
@@ -92,6 +94,7 @@ from softsae_lib.lid.sensitivity import (
 )
 from softsae_lib.plots import frontier_lines, save_figure, scatter_with_trend
 from softsae_lib.provenance import save_metrics
+from softsae_lib.readme_results import section
 from softsae_lib.reproduce import notebook_setup
 from softsae_lib.training.health import criteria_dict
 
@@ -455,6 +458,24 @@ print("unhealthy models:\n" + (unhealthy.to_string(index=False) if len(unhealthy
 # %%
 timings["total_s"] = time.perf_counter() - t_all
 timings["process_cpu_s"] = time.process_time() - cpu_all  # CPU time of all threads (shared machines)
+n_seeds = f"{len(runs.seeds)} SoftSAE seeds"
+others = assoc.set_index(["k_target", "kappa", "target"])
+readme = section(
+    "Language model (`03_gpt2`)",
+    f"{MODEL}; {passes['train_samples']} training tokens, {P.steps} steps of batch {P.batch_size} "
+    f"({passes['epochs']:.2f} epochs), F = {P.dict_size}, k grid {', '.join(map(str, P.k_grid))}; SoftSAE "
+    f"seeds {', '.join(map(str, runs.seeds))} at k = {k_show}; baselines at SoftSAE's realised mean L0, "
+    "seed 0; document-bootstrap 95% CIs.",
+    [pooled_claim(seed_assoc, "soft_k_hat", "lid_mle", f"Spearman(k̂, per-token MLE LID), k = {k_show}",
+                  verdict["khat_vs_lid"], n_seeds,
+                  f"BatchTopK L0: {others.loc[(k_show, 'batch_topk_l0', 'lid_mle'), 'spearman']:.2f}"),
+     *[pooled_claim(seed_assoc, "soft_k_hat", t, f"Spearman(k̂, per-token {name} LID), k = {k_show}",
+                    verdict["khat_vs_lid"], n_seeds, "the estimator disagreement (section 5)")
+       for t, name in (("lid_twonn", "TwoNN"), ("lid_lpca", "local-PCA"))],
+     pooled_claim(ex.per_seed, "soft_k_hat", "explanation_length",
+                  f"Spearman(k̂, TopK explanation length), k = {k_show}", verdict["explanation_length"],
+                  f"{n_seeds} + TopK seed 0")],
+    readme_models(table, health, lambda r: r["k_target"], P.seed))
 metrics = {
     "params": P,
     "model": {**lm.meta(), "layer": layer, "description": MODEL},
@@ -471,7 +492,7 @@ metrics = {
     "lid_tokens": int(len(sub)),
     "lid_study": {"summary": sens_summary, "agreement": agreement, "khat_association": khat_lid},
     "explanation_length": {**ex.info, "per_seed": ex.per_seed, "others": ex.others},
-    "timings": timings,
+    "timings": timings, "readme": readme,
 }
 if out:
     save_metrics(out / "metrics.json", metrics)

@@ -152,7 +152,38 @@ def verdicts(summary: pd.DataFrame, rests_on: dict[str, Sequence[str]]) -> dict[
     missing = sorted({m for models in rests_on.values() for m in models} - set(healthy))
     if missing:
         raise KeyError(f"verdicts: no health entry for {missing}")
-    return {name: verdict([bool(healthy[m]) for m in models]) for name, models in rests_on.items()}
+    return {name: verdict([bool(healthy[m]) for m in models], seeds=_fewest_seeds(models))
+            for name, models in rests_on.items()}
+
+
+def _fewest_seeds(labels: Sequence[str]) -> int:
+    """The fewest seeds any architecture among :func:`model_label` labels has (a result resting on one
+    seed of a model is not yet a result)."""
+    seeds: dict[str, set[str]] = {}
+    for label in labels:
+        arch, _, seed = label.rpartition(" s")
+        seeds.setdefault(arch.split(" ")[0], set()).add(seed)
+    return min(len(v) for v in seeds.values())
+
+
+def pooled_claim(seed_assoc: pd.DataFrame, kappa: str, target: str, text: str, verdict_: str, rests_on: str,
+                 judged_against: str = "") -> dict:
+    """The README claim of a pooled per-seed association row (:func:`per_seed_associations` output)."""
+    from softsae_lib.readme_results import claim
+
+    row = seed_assoc[(seed_assoc["kappa"] == kappa) & (seed_assoc["target"] == target)
+                     & (seed_assoc["seed"].astype(str) == "pooled")].iloc[0]
+    return claim(text, row["spearman"], row["spearman_ci_low"], row["spearman_ci_high"], verdict_,
+                 judged_against, rests_on)
+
+
+def readme_models(table: pd.DataFrame, summary: pd.DataFrame, k_of_row, seed: int) -> list[dict]:
+    """README model rows from a models table (columns model, fvu, l0_mean, dead_fraction) and the health
+    summary; ``k_of_row(row)`` gives the row's target k (its :func:`model_label`)."""
+    healthy = dict(zip(summary["model"], summary["healthy"], strict=True))
+    return [{"model": f"{r['model']} (k = {k_of_row(r)})", "fvu": r["fvu"], "l0": r["l0_mean"],
+             "dead": r["dead_fraction"], "healthy": bool(healthy[model_label(r["model"], k_of_row(r), seed)])}
+            for r in table.to_dict("records")]
 
 
 def explanation_lengths(model: SAE, x: torch.Tensor, budget: float, max_atoms: int,
