@@ -60,8 +60,11 @@ def test_health_tables_and_verdicts(runs):
     assert list(summary["model"]) == list(out.histories())
     assert {"converged", "dead_ceiling", "k_binds"} <= set(summary.columns)
     assert summary.loc[summary["model"] == "topk k=3 s0", "k_binds"].isna().all()  # no k̂ for TopK
-    fake = pd.DataFrame({"model": ["a", "b"], "healthy": [True, False]})
-    assert verdicts(fake, {"x": ["a"], "y": ["a", "b"]}) == {"x": "conclusive", "y": "inconclusive"}
+    fake = pd.DataFrame({"model": ["soft k=4 s0", "soft k=4 s1", "topk k=4 s0"], "healthy": [True, True, False]})
+    assert verdicts(fake, {"x": ["soft k=4 s0", "soft k=4 s1"], "y": ["soft k=4 s0", "topk k=4 s0"]}) == {
+        "x": "conclusive", "y": "inconclusive"}
+    # one seed is not a result, healthy or not
+    assert verdicts(fake, {"z": ["soft k=4 s0"]}) == {"z": "inconclusive"}
     with pytest.raises(KeyError, match="'c'"):
         verdicts(fake, {"x": ["c"]})
     assert model_label("soft", 4, 1) == "soft k=4 s1"

@@ -73,6 +73,11 @@ def test_k_loss_that_does_not_bind_and_a_spread_that_still_grows():
     assert not growing["k_spread_stable"] and growing["k_binds"]
 
 
+def test_a_large_fvu_at_initialisation_is_not_divergence():
+    table = check_health(history(fvu=lambda t: np.where(t < 0.02, 6.5, 0.01)))
+    assert checks(table)["finite"]
+
+
 def test_divergence_and_non_finite_losses_fail():
     assert not checks(check_health(history(fvu=lambda t: np.where(t > 0.5, 5.0, 0.01))))["finite"]
     h = history()
