@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F_
 
 from softsae_lib.collectives import global_mean
+from softsae_lib.metrics import l0_summary
 from softsae_lib.ops.hard_topk import per_row_topk
 from softsae_lib.ops.relu_mlp_head import relu_mlp_head
 from softsae_lib.ops.soft_topk import soft_topk_gate
-from softsae_lib.metrics import l0_summary
 from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext, TrainSchedule, check_k, firing
 from softsae_lib.saes.schedules import annealed_alpha, fraction_steps, in_hard_phase, steps_fraction
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-
 # Fields of TrainConfigs saved before they were renamed or moved: old name -> new name (None: moved to
 # the model config, see SAEConfig.migrate).
 LEGACY_FIELDS: dict[str, str | None] = {
