@@ -64,7 +64,14 @@ import torch
 from softsae_lib.data.synthetic import manifold_mixture
 from softsae_lib.experiments.architectures import compare_architectures, frontier
 from softsae_lib.lid import local_id
-from softsae_lib.plots import by_group, frontier_lines, model_name, save_figure, scatter_with_trend, training_curves
+from softsae_lib.plots import (
+    by_group,
+    frontier_lines,
+    model_name,
+    save_figure,
+    scatter_with_trend,
+    training_curves,
+)
 from softsae_lib.provenance import save_metrics
 from softsae_lib.readme_results import claim, section
 from softsae_lib.reproduce import notebook_setup

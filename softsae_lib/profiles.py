@@ -347,6 +347,9 @@ class Architectures(ManifoldExperiment):
     """The language-model arm (None skips it)."""
     zipf_arm: ZipfArm | None = None
     """The ground-truth arm on SAELens's synthetic data (None skips it)."""
+    workers: int = 1
+    """Processes that train the baselines and the frontier concurrently (one CPU thread each; the
+    results do not depend on it)."""
 
     def zipf_settings(self) -> Architectures:
         """The ground-truth arm's settings: these, with the arm's sizes and SAE settings in their place."""
@@ -393,14 +396,15 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
                                     sup_d=16, sup_features=32, sup_max_active=6, sup_dict_size=64, sup_k=3,
                                     seeds=(0, 1), sub_dims=(1, 2, 4, 8), sub_n_train=3000, sub_n_test=800,
                                     sub_dict_size=64, sub_k=4, max_atoms=16, capacity_steps=100,
-                                    ablations=("official_dead_rule",), lid_ks=(10,), lid_ns=(500,), progress=False),
+                                    ablations=("twice_the_steps", "official_dead_rule"), lid_ks=(10,),
+                                    lid_ns=(500,), progress=False),
         "local": SyntheticManifolds(n_train=60000, n_test=7500, ambient_dim=64, dict_size=128, k=10,
                                     steps=8000, batch_size=512, lr=3e-3, sup_n_train=65536, sup_n_test=8192,
                                     sup_d=64, sup_features=256, sup_max_active=16, sup_dict_size=256,
                                     sup_k=8, seeds=(0, 1, 2), workers=2, sub_n_train=48000, sub_n_test=8000,
                                     sub_dict_size=256, sub_k=8,
-                                    ablations=("alpha_annealed", "k_max_4k", "no_hard_phase", "long_hard_phase",
-                                               "official_dead_rule"),
+                                    ablations=("twice_the_steps", "alpha_annealed", "k_max_4k",
+                                               "no_hard_phase", "official_dead_rule"),
                                     lid_ks=(10, 20, 50), lid_ns=(1000, 3000, 7500), progress=False),
         "paper": SyntheticManifolds(intrinsic_dims=(1, 2, 4, 8, 16, 32), n_train=2_000_000, n_test=65536,
                                     ambient_dim=256, dict_size=8192, k=32, steps=40000, batch_size=4096,
@@ -409,8 +413,8 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
                                     seeds=(0, 1, 2), sub_dims=tuple(range(1, 33)), sub_n_train=1_000_000,
                                     sub_n_test=65536, sub_dict_size=4096, sub_k=16, max_atoms=64,
                                     capacity_steps=10000,
-                                    ablations=("alpha_annealed", "k_max_4k", "no_hard_phase", "long_hard_phase",
-                                               "official_dead_rule"),
+                                    ablations=("twice_the_steps", "alpha_annealed", "k_max_4k",
+                                               "no_hard_phase", "long_hard_phase", "official_dead_rule"),
                                     lid_ks=(10, 20, 50, 100), lid_ns=(5000, 20000)),
     },
     # The project's own CIFAR-10 ViT (data/models/cifar10-vit): smoke trains a toy one for seconds,
@@ -449,7 +453,8 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
                                steps=200, batch_size=256, lr=3e-3, lid_k=15, n_boot=200, grid_n=8, threads=1,
                                explain_n=300),
         "local": ViTExperiment(encoder="cifar10-vit", n_train=50000, n_test=5000, dict_size=1024, k=16,
-                               steps=2000, batch_size=512, lr=1e-3, workers=2, explain_n=2000, progress=False),
+                               steps=2000, batch_size=512, lr=1e-3, workers=2, explain_n=2000,
+                               progress=False),
         "paper": ViTExperiment(encoder="google/vit-base-patch16-224", n_train=50000, n_test=10000,
                                dict_size=12288, k=32, steps=20000, batch_size=4096, lr=5e-4,
                                capture_batch=256, device="cuda"),
@@ -469,7 +474,8 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
                                                 n_test=500, dict_size=64, k=4, steps=80, batch_size=128,
                                                 lr=3e-3)),
         "local": Architectures(n_train=40000, n_test=5000, ambient_dim=64, dict_size=512, k=10, steps=800,
-                               batch_size=512, lr=1e-3, frontier_scales=(1.0, 2.0), threads=1, progress=False,
+                               batch_size=512, lr=1e-3, frontier_scales=(1.0, 2.0), threads=1, workers=2,
+                               progress=False,
                                real_arm=_lm_arm(model="smollm2-135m", layer=15, text="offline",
                                                 context_len=128, train_tokens=40000, test_tokens=4096,
                                                 lid_n=3000, lid_k=20, dict_size=1024, k=16, steps=300,

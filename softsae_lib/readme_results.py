@@ -19,7 +19,8 @@ from typing import Any
 
 from softsae_lib.atomic import atomic_write_text
 
-BEGIN = "<!-- results:begin (written by `python -m softsae_lib readme`; edit the notebooks, not this block) -->"
+BEGIN = ("<!-- results:begin (written by `python -m softsae_lib readme`; edit the notebooks, "
+         "not this block) -->")
 END = "<!-- results:end -->"
 MODEL_COLUMNS = ("model", "seeds", "fvu", "l0", "dead", "healthy")
 """Columns of a section's model table: one row per model, FVU / L0 / dead averaged over its seeds."""
@@ -53,7 +54,9 @@ def claim(text: str, estimate: float | None, ci_low: float | None = None, ci_hig
     against (a bound, a control, a baseline, with its value), the verdict and the models it rests on."""
     if verdict not in ("conclusive", "inconclusive"):
         raise ValueError(f"verdict must be 'conclusive' or 'inconclusive', got {verdict!r}")
-    as_float = (lambda v: None if v is None else float(v))
+    def as_float(v: float | None) -> float | None:
+        return None if v is None else float(v)
+
     return {"claim": text, "estimate": as_float(estimate), "ci_low": as_float(ci_low),
             "ci_high": as_float(ci_high), "judged_against": judged_against, "verdict": verdict,
             "rests_on": rests_on}
@@ -76,7 +79,8 @@ def section(title: str, setup: str, claims: Sequence[dict], models: Sequence[dic
             notes: Sequence[str] = ()) -> dict:
     """The ``readme`` entry of a notebook's metrics.json.
 
-    ``models``: one dict per trained model (and seed) with ``model``, ``fvu``, ``l0``, ``dead`` and ``healthy``;
+    ``models``: one dict per trained model (and seed) with ``model``, ``fvu``, ``l0``, ``dead`` and
+    ``healthy``;
     the block shows one row per model name with the means over its seeds and how many were healthy.
     """
     return {"title": title, "setup": setup, "claims": list(claims), "models": _per_model(models),
@@ -86,7 +90,8 @@ def section(title: str, setup: str, claims: Sequence[dict], models: Sequence[dic
 def _render_section(entry: dict, where: str) -> list[str]:
     try:
         lines = [f"### {entry['title']}", "", entry["setup"], ""]
-        lines += ["| claim | estimate [95% CI] | judged against | verdict | rests on |", "|---|---|---|---|---|"]
+        lines += ["| claim | estimate [95% CI] | judged against | verdict | rests on |",
+                  "|---|---|---|---|---|"]
         for c in entry["claims"]:
             ci = (f" [{_num(c['ci_low'])}, {_num(c['ci_high'])}]"
                   if c.get("ci_low") is not None and c.get("ci_high") is not None else "")

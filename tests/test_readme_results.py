@@ -21,8 +21,10 @@ def results_dir(tmp_path: Path, estimate: float = 0.812345) -> Path:
     entry = section("Synthetic (`02`)", "Setup with F = 128.",
                     [claim("Spearman(k̂, d)", estimate, 0.5, 0.9, "conclusive", "bound 0.95", "6/6 healthy"),
                      claim("Spearman(L0, d)", -0.25, None, None, "inconclusive")],
-                    models=[{"model": "soft", "seed": 0, "fvu": 0.0123, "l0": 8.4, "dead": 0.2, "healthy": False},
-                            {"model": "soft", "seed": 1, "fvu": 0.0127, "l0": 8.6, "dead": 0.3, "healthy": True},
+                    models=[{"model": "soft", "seed": 0, "fvu": 0.0123, "l0": 8.4, "dead": 0.2,
+                             "healthy": False},
+                            {"model": "soft", "seed": 1, "fvu": 0.0127, "l0": 8.6, "dead": 0.3,
+                             "healthy": True},
                             {"model": "max |x|", "seed": 0, "fvu": 0.5, "l0": 2, "dead": 0, "healthy": True}],
                     notes=["A note."])
     (root / "02_synthetic_manifolds" / "metrics.json").write_text(json.dumps({"readme": entry}))
@@ -44,7 +46,8 @@ def test_update_writes_only_between_the_markers_and_check_catches_drift(tmp_path
     readme.write_text(f"# Title\n\nbefore\n{BEGIN}\nold numbers\n{END}\nafter\n")
     assert update_readme(readme, root) is False
     text = readme.read_text()
-    assert text.startswith("# Title\n\nbefore\n") and text.endswith(f"{END}\nafter\n") and "old numbers" not in text
+    assert text.startswith("# Title\n\nbefore\n") and text.endswith(f"{END}\nafter\n")
+    assert "old numbers" not in text
     assert update_readme(readme, root, check=True) is True
     results_dir(tmp_path, estimate=0.7)  # the results change: the README is now stale
     with pytest.raises(ReadmeError, match="differs"):

@@ -20,6 +20,7 @@ threshold-mode L0. The per-sample readout of every model is ``model.sparsity(x)`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from softsae_lib.experiments.matched import (
     per_sample_frame,
     train_matched,
 )
+from softsae_lib.experiments.parallel import run_jobs
 from softsae_lib.profiles import ARCHS_05 as ARCHS
 from softsae_lib.profiles import Architectures
 from softsae_lib.saes import SAE
@@ -57,36 +59,38 @@ def budget_config(arch: str, k: int, p: Architectures) -> dict:
     return {"k": k}
 
 
-def calibrator(x_train: torch.Tensor, p: Architectures):
-    """after_training hook: recalibrate inference thresholds on training batches (no-op otherwise)."""
-    n, bs = p.calibration_batches, p.batch_size
-
-    def calibrate(model: SAE) -> None:
-        if model.arch in THRESHOLDED:
-            device = model.norm_scale.device
-            with torch.no_grad():
-                model.calibrate_threshold([x_train[i * bs:(i + 1) * bs].to(device) for i in range(n)])
-    return calibrate
+def _calibrate_on_training_batches(model: SAE, x_train: torch.Tensor, n: int, bs: int) -> None:
+    if model.arch in THRESHOLDED:
+        device = model.norm_scale.device
+        with torch.no_grad():
+            model.calibrate_threshold([x_train[i * bs:(i + 1) * bs].to(device) for i in range(n)])
 
 
-def held_out_calibrator(x_cal: torch.Tensor, p: Architectures):
+def calibrator(x_train: torch.Tensor, p: Architectures) -> Callable[[SAE], None]:
+    """after_training hook: recalibrate inference thresholds on training batches (no-op otherwise).
+    A partial of a module-level function, so that worker processes can receive it."""
+    return functools.partial(_calibrate_on_training_batches, x_train=x_train, n=p.calibration_batches,
+                             bs=p.batch_size)
+
+
+def _calibrate_held_out(model: SAE, x_cal: torch.Tensor, bs: int) -> None:
+    device = model.norm_scale.device
+    with torch.no_grad():
+        if hasattr(model, "calibrate_l0") and model.threshold.ndim == 0:
+            model.calibrate_l0(x_cal.to(device))
+        elif model.arch in THRESHOLDED:
+            batches = range(0, len(x_cal) - bs + 1, bs)  # whole batches: capacities assume B rows
+            model.calibrate_threshold([x_cal[i:i + bs].to(device) for i in batches])
+
+
+def held_out_calibrator(x_cal: torch.Tensor, p: Architectures) -> Callable[[SAE], None]:
     """after_training hook on a held-out calibration split ``x_cal`` (rows not trained on).
 
     Models with one global θ (BatchTopK, Matryoshka, Mutual Choice) get mean L0 = their k on ``x_cal``
     (``calibrate_l0``: the training-batch estimator overshoots L0 on new rows); Feature Choice, with
     one θ_j per latent, keeps its own estimator, run over ``x_cal`` batches.
     """
-    bs = p.batch_size
-
-    def calibrate(model: SAE) -> None:
-        device = model.norm_scale.device
-        with torch.no_grad():
-            if hasattr(model, "calibrate_l0") and model.threshold.ndim == 0:
-                model.calibrate_l0(x_cal.to(device))
-            elif model.arch in THRESHOLDED:
-                batches = range(0, len(x_cal) - bs + 1, bs)  # whole batches: capacities assume B rows
-                model.calibrate_threshold([x_cal[i:i + bs].to(device) for i in batches])
-    return calibrate
+    return functools.partial(_calibrate_held_out, x_cal=x_cal, bs=p.batch_size)
 
 
 @torch.no_grad()
@@ -113,7 +117,7 @@ def train_architectures(x_train: torch.Tensor, x_test: torch.Tensor, p: Architec
         raise ValueError(f"archs must start with 'soft' (the reference), got {archs}")
     models = train_matched(x_train, x_test, p, baselines=tuple(archs[1:]), log=log,
                            configure=lambda arch, k: budget_config(arch, k, p),
-                           after_training=after_training or calibrator(x_train, p))
+                           after_training=after_training or calibrator(x_train, p), workers=p.workers)
     return {arch: _with_sparsity(m, x_test) for arch, m in models.items()}
 
 
@@ -124,19 +128,20 @@ def frontier(models: dict[str, TrainedModel], x_train: torch.Tensor, x_test: tor
     SoftSAE's budget is its target k; the others' is SoftSAE's realised mean L0 (as in the matching).
     """
     matched_k = max(1, int(round(models["soft"].metrics["l0"]["mean"])))
+    budgets = {(arch, scale): max(1, int(round(scale * (p.k if arch == "soft" else matched_k))))
+               for arch in models for scale in scales}
+    jobs = {}
+    for (arch, scale), k in budgets.items():
+        if scale != 1.0:
+            log(f"frontier: {arch} at budget {k}")
+            jobs[(arch, scale)] = functools.partial(fit_and_evaluate, arch, k, x_train, x_test, p,
+                                                    budget_config(arch, k, p), calibrator(x_train, p))
+    fitted = run_jobs(jobs, p.workers)  # every model of the frontier is independent
     rows = []
-    for arch, m in models.items():
-        base = p.k if arch == "soft" else matched_k
-        for scale in scales:
-            k = max(1, int(round(scale * base)))
-            if scale == 1.0:
-                fitted = m
-            else:
-                log(f"frontier: {arch} at budget {k}")
-                fitted = fit_and_evaluate(arch, k, x_train, x_test, p, budget_config(arch, k, p),
-                                          calibrator(x_train, p))
-            rows.append({"model": arch, "scale": scale, "budget": k, "l0_mean": fitted.metrics["l0"]["mean"],
-                         "fvu": fitted.metrics["fvu"], "dead_fraction": fitted.metrics["dead_fraction"]})
+    for (arch, scale), k in budgets.items():
+        m = models[arch] if scale == 1.0 else fitted[(arch, scale)]
+        rows.append({"model": arch, "scale": scale, "budget": k, "l0_mean": m.metrics["l0"]["mean"],
+                     "fvu": m.metrics["fvu"], "dead_fraction": m.metrics["dead_fraction"]})
     return pd.DataFrame(rows)
 
 

@@ -7,6 +7,7 @@ and BatchTopK, so all three are compared at the same mean number of active laten
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import pandas as pd
 import torch
 
 from softsae_lib.evaluation import evaluate_sae
+from softsae_lib.experiments.parallel import run_jobs
 from softsae_lib.profiles import SAEExperiment
 from softsae_lib.saes import ARCHITECTURES, SAE, make_sae
 from softsae_lib.stats import summarize_association
@@ -90,11 +92,14 @@ def fit_and_evaluate(arch: str, k: int, x_train: torch.Tensor, x_test: torch.Ten
 def train_matched(x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment,
                   baselines: tuple[str, ...] = BASELINES, log=print,
                   configure: Callable[[str, int], dict] | None = None,
-                  after_training: Callable[[SAE], None] | None = None) -> dict[str, TrainedModel]:
+                  after_training: Callable[[SAE], None] | None = None,
+                  workers: int = 1) -> dict[str, TrainedModel]:
     """SoftSAE at target ``p.k``, then each baseline at SoftSAE's realised mean L0 (rounded).
 
     ``configure(arch, k)`` gives the config kwargs that put ``arch`` at budget k (default ``{"k": k}``);
-    ``after_training`` is passed to :func:`fit_and_evaluate`.
+    ``after_training`` is passed to :func:`fit_and_evaluate` (it must pickle when ``workers`` > 1: a
+    module-level function or a ``functools.partial`` of one). The baselines train in ``workers``
+    single-threaded processes (:func:`~softsae_lib.experiments.parallel.run_jobs`; same results).
     """
     configure = configure or (lambda arch, k: {"k": k})
     out = {"soft": fit_and_evaluate("soft", p.k, x_train, x_test, p, configure("soft", p.k),
@@ -102,9 +107,10 @@ def train_matched(x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment,
     matched_k = max(1, int(round(out["soft"].metrics["l0"]["mean"])))
     log(f"SoftSAE: mean k̂ {out['soft'].metrics['k_hat']['mean']:.2f}, realised mean L0 "
         f"{out['soft'].metrics['l0']['mean']:.2f} → baselines trained at k = {matched_k}")
-    for arch in baselines:
-        out[arch] = fit_and_evaluate(arch, matched_k, x_train, x_test, p, configure(arch, matched_k),
-                                     after_training)
+    jobs = {arch: functools.partial(fit_and_evaluate, arch, matched_k, x_train, x_test, p,
+                                    configure(arch, matched_k), after_training)
+            for arch in baselines}
+    out.update(run_jobs(jobs, workers))
     return out
 
 

@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from softsae_lib.experiments.controls import explanation_length
+from softsae_lib.experiments.controls import budget_tolerance, explanation_length
 from softsae_lib.experiments.matched import BASELINES, TrainedModel, association_table, fit_and_evaluate
 from softsae_lib.experiments.parallel import run_jobs
 from softsae_lib.experiments.seeds import seed_association
-from softsae_lib.ops.matching_pursuit import PursuitPath
 from softsae_lib.plots import save_figure, training_curves
 from softsae_lib.profiles import ReplicatedSAE, SAEExperiment
 from softsae_lib.saes import SAE
@@ -187,27 +186,25 @@ def readme_models(table: pd.DataFrame, summary: pd.DataFrame, k_of_row, seed: in
 
 
 def explanation_lengths(model: SAE, x: torch.Tensor, budget: float, max_atoms: int,
-                        tolerance: float | None = None, chunk: int = 512) -> tuple[np.ndarray, dict]:
+                        tolerance: float | None = None) -> tuple[np.ndarray, dict]:
     """Atoms of ``model``'s decoder OMP needs to explain each row of ``x`` (N, d) to a fixed relative error.
 
     Args:
         model: a trained SAE (typically TopK at the matched budget).
         x: (N, d) raw held-out samples.
         budget: the matched mean L0; with ``tolerance=None`` the tolerance is the median relative error
-            OMP reaches with ``round(budget)`` atoms, so the median sample needs about ``budget`` atoms.
+            OMP reaches with ``round(budget)`` atoms (:func:`budget_tolerance`), so the median sample
+            needs about ``budget`` atoms.
         max_atoms: length of the pursuit; samples that do not reach the tolerance get ``max_atoms + 1``
             (censored; their share is reported).
         tolerance: fixed relative squared error ‖x − x̂‖²/‖x‖², or None (see ``budget``).
-        chunk: samples per OMP call (memory: chunk × max_atoms × d float64).
 
     Returns:
         ((N,) int atoms needed, info dict with ``tolerance``, ``max_atoms``, ``censored_share``,
         ``median_atoms``, ``mean_atoms``, ``rel_error_at_budget`` (median)).
     """
-    paths = [explanation_length(model, x[s:s + chunk], max_atoms)[1] for s in range(0, len(x), chunk)]
-    path = PursuitPath(support=torch.cat([q.support for q in paths]),
-                       rel_error=torch.cat([q.rel_error for q in paths]))
-    at_budget = float(path.rel_error[:, min(max_atoms, max(1, round(budget)))].median())
+    path = explanation_length(model, x, max_atoms)[1]
+    at_budget = budget_tolerance(path, budget)
     tol = at_budget if tolerance is None else float(tolerance)
     atoms = path.atoms_needed(tol).numpy()
     rule = "median error at the budget" if tolerance is None else "fixed"

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from softsae_lib.experiments.matched import TrainedModel, fit_and_evaluate, per_sample_frame, train_matched
-from softsae_lib.profiles import SAEExperiment
+from softsae_lib.profiles import SAEExperiment, SyntheticManifolds
 from softsae_lib.stats import summarize_association
 from softsae_lib.training.health import health_report, health_summary
 
@@ -33,12 +33,14 @@ def quiet(*_args: object) -> None:
     """A ``log`` that prints nothing (jobs in worker processes have no notebook to print to)."""
 
 
-def matched_jobs(arm: str, x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment, seeds: tuple[int, ...],
+def matched_jobs(arm: str, x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment,
+                 seeds: tuple[int, ...],
                  baselines: tuple[str, ...], configure: Callable[[str, int], dict] | None = None
                  ) -> dict[Hashable, Callable[[], dict[str, TrainedModel]]]:
     """One :func:`train_matched` job per seed, keyed ``(arm, seed)``; the seed sets initialisation and batch
     order (the data stay as given)."""
-    return {(arm, s): functools.partial(train_matched, x_train, x_test, p.replace(seed=s), baselines=baselines,
+    return {(arm, s): functools.partial(train_matched, x_train, x_test, p.replace(seed=s),
+                                        baselines=baselines,
                                         log=quiet, configure=configure)
             for s in seeds}
 
@@ -74,7 +76,8 @@ def models_table(runs: Runs, summary: pd.DataFrame) -> list[dict]:
         for arch, m in models.items():
             rows.append({"model": arch, "seed": seed, "k": getattr(m.model.config, "k", None),
                          "fvu": m.metrics["fvu"], "l0": m.metrics["l0"]["mean"],
-                         "k_hat_mean": m.metrics.get("k_hat", {}).get("mean"), "dead": m.metrics["dead_fraction"],
+                         "k_hat_mean": m.metrics.get("k_hat", {}).get("mean"),
+                         "dead": m.metrics["dead_fraction"],
                          "healthy": bool(healthy[f"{arch} s{seed}"])})
     return rows
 
@@ -86,6 +89,7 @@ def seed_frames(runs: Runs, **truth) -> dict[int, pd.DataFrame]:
 
 # ---------------------------------------------------------------------------------------- ablations
 ABLATIONS: dict[str, str] = {
+    "twice_the_steps": "the same recipe trained twice as many steps: does the result survive a longer run?",
     "alpha_annealed": "α annealed 1 → α over the first 20% of the steps (the LLM recipe) instead of fixed",
     "k_max_4k": "k̂'s upper end k_max = 4k instead of 2k",
     "no_hard_phase": "no final hard top-⌊k̂⌋ phase (instead of the last 10% of the steps)",
@@ -98,6 +102,8 @@ ABLATIONS: dict[str, str] = {
 
 def _ablation_settings(name: str, p: SAEExperiment) -> tuple[SAEExperiment, dict]:
     """(experiment settings, SoftSAE config kwargs) of ablation ``name``."""
+    if name == "twice_the_steps":
+        return p.replace(steps=2 * p.steps), {"k": p.k}
     if name == "alpha_annealed":
         return p.replace(alpha_anneal_fraction=0.2), {"k": p.k}
     if name == "k_max_4k":
@@ -114,22 +120,21 @@ def _train_ablation(name: str, x_train: torch.Tensor, x_test: torch.Tensor, p: S
     return fit_and_evaluate("soft", p.k, x_train, x_test, settings, config)
 
 
-def ablation_jobs(x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment, names: tuple[str, ...]
+def ablation_jobs(x_train: torch.Tensor, x_test: torch.Tensor, p: SyntheticManifolds, names: tuple[str, ...]
                   ) -> dict[Hashable, Callable[[], TrainedModel]]:
     """One SoftSAE job per ablation, keyed ``("ablation", name)`` (seed ``p.seeds[0]``)."""
     for name in names:
         _ablation_settings(name, p)  # unknown names fail here, before any training
-    s = p.seeds[0] if hasattr(p, "seeds") else p.seed
+    s = p.seeds[0]
     return {("ablation", name): functools.partial(_train_ablation, name, x_train, x_test, p.replace(seed=s))
             for name in names}
 
 
-def baseline_anneal_jobs(x_train: torch.Tensor, x_test: torch.Tensor, p: SAEExperiment, k: int,
+def baseline_anneal_jobs(x_train: torch.Tensor, x_test: torch.Tensor, p: SyntheticManifolds, k: int,
                          baselines: tuple[str, ...]) -> dict[Hashable, Callable[[], TrainedModel]]:
     """Each baseline at budget ``k`` with k annealed from d (the SoftSAE recipe's anneal), keyed
     ``("k_anneal", arch)``: the ablation of giving the baselines SoftSAE's k schedule."""
-    s = p.seeds[0] if hasattr(p, "seeds") else p.seed
-    q = p.replace(baseline_k_anneal=True, seed=s)
+    q = p.replace(baseline_k_anneal=True, seed=p.seeds[0])
     return {("k_anneal", arch): functools.partial(fit_and_evaluate, arch, k, x_train, x_test, q)
             for arch in baselines}
 
@@ -146,8 +151,10 @@ def ablation_table(variants: dict[str, tuple[str, TrainedModel]], truth: dict[st
         kappa = (m.per_sample["k_hat"] if "k_hat" in m.per_sample else m.per_sample["l0"]).numpy()
         assoc = (summarize_association(kappa, truth["true_dim"], clusters=truth["manifold"], n_boot=n_boot,
                                        seed=seed) if np.unique(kappa).size > 1 else {})
-        rows.append({"variant": name, "change": change, "fvu": m.metrics["fvu"], "l0": m.metrics["l0"]["mean"],
+        rows.append({"variant": name, "change": change, "fvu": m.metrics["fvu"],
+                     "l0": m.metrics["l0"]["mean"],
                      "dead": m.metrics["dead_fraction"], "spearman_budget_dim": assoc.get("spearman", np.nan),
-                     "ci_low": assoc.get("spearman_ci_low", np.nan), "ci_high": assoc.get("spearman_ci_high", np.nan),
+                     "ci_low": assoc.get("spearman_ci_low", np.nan),
+                     "ci_high": assoc.get("spearman_ci_high", np.nan),
                      "healthy": bool(summary.loc[name, "healthy"]), "failed": summary.loc[name, "failed"]})
     return pd.DataFrame(rows)

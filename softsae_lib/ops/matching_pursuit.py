@@ -44,7 +44,8 @@ def orthogonal_matching_pursuit(x: torch.Tensor, dictionary: torch.Tensor, max_a
         :class:`PursuitPath` with the chosen atoms and the relative error after each step.
     """
     if x.dim() != 2 or dictionary.dim() != 2 or x.shape[1] != dictionary.shape[1]:
-        raise ValueError(f"need x: (N, D) and dictionary: (M, D), got {tuple(x.shape)}, {tuple(dictionary.shape)}")
+        raise ValueError(f"need x: (N, D) and dictionary: (M, D), got {tuple(x.shape)}, "
+                         f"{tuple(dictionary.shape)}")
     if not 1 <= max_atoms <= dictionary.shape[0]:
         raise ValueError(f"max_atoms must be in [1, M={dictionary.shape[0]}], got {max_atoms}")
     norms = dictionary.double().norm(dim=1, keepdim=True)

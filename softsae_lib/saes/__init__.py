@@ -20,7 +20,8 @@ for _cls in (SoftSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, ReLUSAE,
 
 __all__ = [
     "ARCHITECTURES", "make_sae", "register_sae", "SAE", "SAEConfig", "StepContext", "LossOutput",
-    "TrainSchedule", "firing", "SoftSAE", "SoftSAEConfig", "SoftStepContext", "TopKSAE", "TopKConfig", "BatchTopKSAE", "BatchTopKConfig",
+    "TrainSchedule", "firing", "SoftSAE", "SoftSAEConfig", "SoftStepContext", "TopKSAE", "TopKConfig",
+    "BatchTopKSAE", "BatchTopKConfig",
     "JumpReLUSAE", "JumpReLUConfig", "ReLUSAE", "ReLUConfig",
     "MatryoshkaSAE", "MatryoshkaConfig", "FeatureChoiceSAE", "FeatureChoiceConfig", "MutualChoiceSAE",
     "MutualChoiceConfig", "SparsemaxAttentionSAE", "SparsemaxAttentionConfig", "TreeSAE", "TreeConfig",

@@ -83,7 +83,8 @@ class BatchTopKSAE(SAE):
         z = batch_topk(r, min(ctx.k, self.dict_size))
         recon = self.decode_normalized(z)
         l2 = self.recon_loss(x_n, recon)
-        return LossOutput.from_active(l2, recon, r, z > 0, {"l2": l2.item(), "threshold": float(self.threshold)})
+        return LossOutput.from_active(l2, recon, r, z > 0,
+                                      {"l2": l2.item(), "threshold": float(self.threshold)})
 
     @torch.no_grad()
     def after_step(self, out: LossOutput, ctx: StepContext) -> None:

@@ -93,4 +93,5 @@ class JumpReLUSAE(SAE):
         l0 = _Step.apply(z, theta, cfg.bandwidth).sum(dim=-1).mean()
         penalty = l0 if cfg.target_l0 is None else (l0 / cfg.target_l0 - 1).pow(2)
         loss = l2 + cfg.sparsity_coeff * ctx.sparsity_scale * penalty
-        return LossOutput.from_active(loss, recon, torch.relu(z), f != 0, {"l2": l2.item(), "l0_penalty": penalty.item()})
+        return LossOutput.from_active(loss, recon, torch.relu(z), f != 0,
+                                      {"l2": l2.item(), "l0_penalty": penalty.item()})

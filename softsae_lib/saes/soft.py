@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F_
+from torch.nn.functional import softplus
 
 from softsae_lib.collectives import global_mean
 from softsae_lib.metrics import l0_summary
@@ -207,7 +207,7 @@ class SoftSAE(SAE):
             else:
                 fired, n_fired = self._fired_hard_topk(r, k_hat, gate.top)
             # the batch mean spans all ranks under data-parallel training (exact multi-GPU gradient)
-            k_loss = F_.softplus(global_mean(k_hat) - ctx.k, beta=cfg.k_loss_beta)
+            k_loss = softplus(global_mean(k_hat) - ctx.k, beta=cfg.k_loss_beta)
         recon = self.decode_normalized(z)
         l2 = self.recon_loss(x_n, recon)
         loss = l2 + cfg.k_loss_weight * k_loss

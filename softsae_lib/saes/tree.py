@@ -217,7 +217,8 @@ class TreeSAE(SAE):
         terms = {"l2": per_layer[-1].item(), "auxk": aux_total.item(),
                  "dead_fraction_model": dead.float().mean().item()}
         terms.update({f"l2_layer{j + 1}": v.item() for j, v in enumerate(per_layer[:-1])})
-        return LossOutput.from_active(loss, recon, torch.relu(z.detach()), codes > cfg.active_threshold, terms)
+        return LossOutput.from_active(loss, recon, torch.relu(z.detach()), codes > cfg.active_threshold,
+                                      terms)
 
     # ------------------------------------------------------------------ dynamic allocation
     @torch.no_grad()

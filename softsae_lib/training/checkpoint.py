@@ -30,6 +30,8 @@ _SCHEMA: dict[str, tuple[type, ...]] = {
     "model": (dict,), "optimizer": (dict,), "since_fired": (torch.Tensor,), "history": (list,),
     "data": (dict,),
 }
+# key -> accepted types; checkpoints written before the key existed lack it.
+_OPTIONAL: dict[str, tuple[type, ...]] = {"fvu_interval": (list,)}  # [FVU sum, steps] since the last log
 _SAMPLE_ROWS = 64
 
 
@@ -91,6 +93,11 @@ def load_checkpoint(folder: str | Path) -> dict | None:
                               f"version); delete it to start over")
     for key, types in _SCHEMA.items():
         if not isinstance(saved[key], types) or (key == "step" and isinstance(saved[key], bool)):
+            raise CheckpointError(f"{path}: field {key!r} is a {type(saved[key]).__name__}, expected "
+                                  f"{'/'.join(t.__name__ for t in types)}; delete it to start over")
+    for key, types in _OPTIONAL.items():
+        if key in saved and not (isinstance(saved[key], types) and len(saved[key]) == 2
+                                 and all(isinstance(v, (int, float)) for v in saved[key])):
             raise CheckpointError(f"{path}: field {key!r} is a {type(saved[key]).__name__}, expected "
                                   f"{'/'.join(t.__name__ for t in types)}; delete it to start over")
     if saved["step"] < 0:

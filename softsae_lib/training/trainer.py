@@ -120,23 +120,28 @@ def _check_divergence(step: int, loss_value: float, terms: dict, variance: float
                             f"training diverged")
 
 
-def _history_row(step: int, terms: dict, lr_now: float, ctx: StepContext, variance: float,
+def _history_row(step: int, terms: dict, lr_now: float, ctx: StepContext, fvu: float, fvu_mean: float,
                  dead: torch.Tensor, seconds: float) -> dict:
     """One history row: step, loss terms, lr, the schedule's values (k, α, hard, phase), the batch
-    FVU, the dead fraction and the number of alive latents, seconds; dead: (F,) bool."""
+    FVU of this step and its mean over the steps since the previous row (``fvu_mean``: the health
+    check's plateau test reads it, a single batch is too noisy), the dead fraction and the number
+    of alive latents, seconds; dead: (F,) bool."""
     return {"step": step, **terms, "lr": lr_now, **ctx.history_values(),
-            "fvu_batch": terms.get("l2", float("nan")) / max(variance, 1e-12),
+            "fvu_batch": fvu, "fvu_mean": fvu_mean,
             "dead_fraction": dead.float().mean().item(), "alive_latents": dead.numel() - int(dead.sum()),
             "seconds": seconds}
 
 
 @dataclass
 class _State:
-    """What a checkpoint restores: the step to start from, dead counters and history."""
+    """What a checkpoint restores: the step to start from, dead counters, history, and the batch-FVU
+    sum and count of the steps since the last history row (so a resumed run logs the same means)."""
 
     start: int
     since_fired: torch.Tensor
     history: list[dict]
+    fvu_sum: float = 0.0
+    fvu_count: int = 0
 
 
 def _resume_or_init(model: SAE, optimizer: torch.optim.Optimizer, source: BatchSource, cfg: TrainConfig,
@@ -148,7 +153,9 @@ def _resume_or_init(model: SAE, optimizer: torch.optim.Optimizer, source: BatchS
         check_compatible(ckpt_dir / CHECKPOINT_FILE, saved, model.arch, model.config, cfg, data_id)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        return _State(saved["step"], saved["since_fired"].to(device), saved["history"])
+        fvu_sum, fvu_count = saved.get("fvu_interval", (0.0, 0))  # absent in older checkpoints
+        return _State(saved["step"], saved["since_fired"].to(device), saved["history"], float(fvu_sum),
+                      int(fvu_count))
     if not bool(model.norm_fitted):
         _fit_normalization(model, source, cfg)
     return _State(0, torch.zeros(model.dict_size, dtype=torch.long, device=device), [])
@@ -160,7 +167,7 @@ def _save(ckpt_dir: Path, next_step: int, model: SAE, cfg: TrainConfig, optimize
         "step": next_step, "arch": model.arch, "model_config": dataclasses.asdict(model.config),
         "train_config": dataclasses.asdict(cfg), "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "since_fired": state.since_fired.cpu(),
-        "history": state.history, "data": data_id,
+        "history": state.history, "data": data_id, "fvu_interval": [state.fvu_sum, state.fvu_count],
     })
 
 
@@ -226,6 +233,8 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
                 terms.update(aux[1])
         loss_value, variance, l0 = _step_stats(loss, terms, x_n, out, device)
         _check_divergence(step, loss_value, terms, variance, cfg)
+        fvu = terms.get("l2", math.nan) / max(variance, 1e-12)
+        state.fvu_sum, state.fvu_count = state.fvu_sum + fvu, state.fvu_count + 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         model.remove_parallel_decoder_grad()
@@ -250,9 +259,10 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
         if on_step is not None:
             on_step(step, terms)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            state.history.append(_history_row(step, terms, lr_now, ctx, variance,
+            state.history.append(_history_row(step, terms, lr_now, ctx, fvu, state.fvu_sum / state.fvu_count,
                                               state.since_fired >= cfg.dead_threshold,
                                               time.perf_counter() - t0))
+            state.fvu_sum, state.fvu_count = 0.0, 0
             bar.set_postfix(loss=f"{loss_value:.4g}", l0=f"{terms['l0']:.1f}", refresh=False)
         bar.update(1)
         if ckpt_dir is not None and rank == 0 and ((step + 1) % cfg.checkpoint_every == 0

@@ -11,6 +11,7 @@ import torch
 from softsae_lib.data.subspaces import subspace_union
 from softsae_lib.experiments.controls import (
     allocation_bound,
+    budget_tolerance,
     explanation_length,
     subspace_oracle,
     supervised_k_capacity,
@@ -43,6 +44,25 @@ def test_explanation_length_uses_the_models_decoder_in_its_own_space():
         model.norm_scale.fill_(2.0)  # normalisation is a scale: atom counts do not change
     k, _ = explanation_length(model, s.x, max_atoms=4, tolerance=1e-8)
     assert torch.equal(k, s.dim)
+
+
+def test_the_budget_tolerance_makes_the_median_sample_need_the_budget():
+    # a large common offset: 5% of ‖x‖² is reached by one atom everywhere, the budget rule still ranks d
+    s = subspace_union(1600, 32, dims=(1, 2, 4, 8), noise=0.0, seed=0)
+    direction = torch.randn(1, 32, generator=torch.Generator().manual_seed(1))
+    offset = 6 * s.x.norm(dim=1).mean() * torch.nn.functional.normalize(direction)
+    x = s.x + offset
+    dictionary = torch.cat([s.dictionary(), offset])
+    from softsae_lib.ops.matching_pursuit import orthogonal_matching_pursuit
+
+    path = orthogonal_matching_pursuit(x, dictionary, 12)
+    assert (path.atoms_needed(0.05) <= 1).float().mean() > 0.9  # the fixed tolerance sees nothing
+    tol = budget_tolerance(path, 4.0)
+    assert tol == float(path.rel_error[:, 4].median())
+    atoms = path.atoms_needed(tol)
+    assert 0.4 <= (atoms <= 4).float().mean() <= 0.7
+    assert correlations(atoms.numpy(), s.dim.numpy())["spearman"] > 0.8
+    assert budget_tolerance(path, 100.0) == float(path.rel_error[:, -1].median())  # capped at the path
 
 
 def test_the_supervised_k_estimator_can_learn_the_dimension():

@@ -60,7 +60,8 @@ def test_health_tables_and_verdicts(runs):
     assert list(summary["model"]) == list(out.histories())
     assert {"converged", "dead_ceiling", "k_binds"} <= set(summary.columns)
     assert summary.loc[summary["model"] == "topk k=3 s0", "k_binds"].isna().all()  # no k̂ for TopK
-    fake = pd.DataFrame({"model": ["soft k=4 s0", "soft k=4 s1", "topk k=4 s0"], "healthy": [True, True, False]})
+    fake = pd.DataFrame({"model": ["soft k=4 s0", "soft k=4 s1", "topk k=4 s0"],
+                         "healthy": [True, True, False]})
     assert verdicts(fake, {"x": ["soft k=4 s0", "soft k=4 s1"], "y": ["soft k=4 s0", "topk k=4 s0"]}) == {
         "x": "conclusive", "y": "inconclusive"}
     # one seed is not a result, healthy or not
@@ -74,7 +75,7 @@ def test_health_tables_and_verdicts(runs):
 def test_explanation_lengths_and_seed_frames(runs):
     out, x_test, _ = runs
     topk = out.grid[4]["topk"].model
-    atoms, info = explanation_lengths(topk, x_test, budget=4, max_atoms=8, chunk=150)
+    atoms, info = explanation_lengths(topk, x_test, budget=4, max_atoms=8)
     assert atoms.shape == (len(x_test),) and atoms.min() >= 0 and atoms.max() <= 9
     # the default tolerance is the median error at the budget: about half the samples need ≤ 4 atoms
     assert 0.4 <= (atoms <= 4).mean() <= 0.7 and info["tolerance"] == info["rel_error_at_budget"]

@@ -59,6 +59,18 @@ def test_the_lr_decay_and_hard_phase_do_not_count_as_learning():
     assert checks(table)["converged"]
 
 
+def test_the_plateau_test_reads_the_interval_means_when_the_history_has_them():
+    rng = np.random.default_rng(0)
+    noisy = history(fvu=lambda t: 0.01 * (1 + 0.3 * rng.standard_normal(t.shape)))  # flat, noisy batches
+    noisy["fvu_mean"] = 0.01
+    table = check_health(noisy).set_index("check")
+    assert table.loc["converged", "passed"] and table.loc["converged", "value"] == 0.0
+    assert "fvu_mean" in table.loc["converged", "detail"]
+    falling = history(fvu=lambda t: np.full_like(t, 0.01))
+    falling["fvu_mean"] = 0.1 * np.exp(-1.5 * falling["step"] / 1000)
+    assert not checks(check_health(falling))["converged"]
+
+
 def test_dead_latents_too_many_or_still_moving():
     many = checks(check_health(history(dead=lambda t: np.full_like(t, 0.8))))
     assert not many["dead_ceiling"] and many["dead_stable"]
@@ -69,7 +81,8 @@ def test_dead_latents_too_many_or_still_moving():
 def test_k_loss_that_does_not_bind_and_a_spread_that_still_grows():
     low = checks(check_health(history(k_hat=lambda t: np.full_like(t, 6.0))))
     assert not low["k_binds"]
-    growing = checks(check_health(history(k_hat=lambda t: np.full_like(t, 10.0), k_std=lambda t: 0.1 * np.exp(5 * t))))
+    growing = checks(check_health(history(k_hat=lambda t: np.full_like(t, 10.0),
+                                          k_std=lambda t: 0.1 * np.exp(5 * t))))
     assert not growing["k_spread_stable"] and growing["k_binds"]
 
 

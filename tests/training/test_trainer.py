@@ -184,7 +184,8 @@ def _stop_at(step_to_stop: int):
 @pytest.mark.parametrize("arch,model_kw,train_kw,stop", [
     # SoftSAE: checkpoints after steps 4, 9, 14, 19, 23; stopped after step 12 → resumes at step 10,
     # while α is still annealing (until 12) and before the hard phase (steps 16..23).
-    ("soft", {"k": 3, "alpha": 1e-3, "alpha_anneal_fraction": 0.5, "hard_phase_fraction": steps_fraction(8, 24)},
+    ("soft", {"k": 3, "alpha": 1e-3, "alpha_anneal_fraction": 0.5,
+              "hard_phase_fraction": steps_fraction(8, 24)},
      {"k_anneal_steps": 4, "dead_threshold": 3 * B}, 12),
     # BatchTopK: the inference threshold's EMA starts at step 6, stopped after step 8 → resumes at 5.
     ("batch_topk", {"k": 3, "threshold_start_step": 6, "threshold_beta": 0.9},
@@ -216,6 +217,27 @@ def test_resume_is_bit_exact(tmp_path: Path, arch: str, model_kw: dict, train_kw
     pd.testing.assert_frame_equal(hist_a[cols], hist_b[cols])
     if arch == "batch_topk":
         assert float(b2.threshold) > 0
+
+
+def test_fvu_mean_averages_every_step_since_the_last_row_and_survives_a_resume(tmp_path: Path) -> None:
+    data = _data(1000)
+    every = train_sae(_model("topk"), data, _cfg(steps=24)).history  # a row per step
+    cfg = _cfg(steps=24, log_every=4, checkpoint_every=5, checkpoint_dir=str(tmp_path / "a"))
+    hist = train_sae(_model("topk"), data, cfg).history
+    # rows at steps 0, 4, …, 20 and the last step 23; each averages the steps after the previous row
+    assert list(hist["step"]) == [0, 4, 8, 12, 16, 20, 23]
+    fvu = every.set_index("step")["fvu_batch"]
+    rows = list(hist["step"])
+    expected = [fvu[0]] + [fvu.loc[a + 1:b].mean() for a, b in zip(rows[:-1], rows[1:], strict=True)]
+    np.testing.assert_allclose(hist["fvu_mean"], expected, rtol=1e-12)
+    assert not np.allclose(hist["fvu_mean"][1:], hist["fvu_batch"][1:])
+
+    cfg_b = dataclasses.replace(cfg, checkpoint_dir=str(tmp_path / "b"))
+    with pytest.raises(_Stop):  # checkpoint after step 9, halfway between the rows at 8 and 12
+        train_sae(_model("topk"), data, cfg_b, on_step=_stop_at(11))
+    resumed = train_sae(_model("topk"), data, dataclasses.replace(cfg_b, resume=True)).history
+    cols = [c for c in hist.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(hist[cols], resumed[cols])
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path: Path) -> None:
