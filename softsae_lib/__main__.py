@@ -6,8 +6,8 @@
   python -m softsae_lib train --data acts.npy ...      train one SAE (torchrun for data-parallel)
 
 Profiles: smoke = seconds per notebook (a code-path check, for tests); local = the real study on a
-2-core CPU (the default, about three quarters of an hour); paper = the published scale, for a GPU and the Hugging
-Face hub. User errors print one line and exit with status 2; --debug shows the traceback.
+2-core CPU (the default, about three quarters of an hour); paper = the published scale, for a GPU and
+the Hugging Face hub. User errors print one line and exit with status 2; --debug shows the traceback.
 """
 
 from __future__ import annotations

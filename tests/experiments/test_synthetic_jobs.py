@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from softsae_lib.experiments.synthetic import ABLATIONS, _ablation_settings, ablation_jobs, baseline_anneal_jobs
+from softsae_lib.experiments.synthetic import (
+    ABLATIONS,
+    _ablation_settings,
+    ablation_jobs,
+    baseline_anneal_jobs,
+)
 from softsae_lib.profiles import get_profile
 
 
