@@ -50,9 +50,9 @@ from softsae_lib import TrainConfig, train_sae
 from softsae_lib.experiments.ground_truth import feature_recovery, zipf_synthetic
 from softsae_lib.experiments.matched import train_config
 from softsae_lib.metrics import fvu
-from softsae_lib.profiles import SAEExperiment
 from softsae_lib.saes import make_sae
 from softsae_lib.saes.batch_topk import l0_quantile_threshold
+from softsae_lib.settings import SAEExperiment
 
 TARGETS = {"speedup_min": 1.5, "batch_topk_l0_rel_error_max": 0.02}
 DEAD_WINDOW_STEPS = 1000  # SAELens's dead_feature_window default; softsae_lib counts samples

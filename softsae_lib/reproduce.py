@@ -26,9 +26,10 @@ from pathlib import Path
 
 from softsae_lib import preflight
 from softsae_lib.atomic import atomic_write_text
-from softsae_lib.profiles import PROFILES, Settings, get_profile
+from softsae_lib.profiles import PROFILES, get_profile
 from softsae_lib.provenance import provenance
 from softsae_lib.resources import repo_root
+from softsae_lib.settings import Settings
 
 _ROOT = repo_root()
 NOTEBOOK_DIR: Path | None = _ROOT / "notebooks" if _ROOT is not None else None

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from softsae_lib.cli_fields import field_docs
-from softsae_lib.profiles import EXPERIMENTS, PROFILES, Architectures, get_profile
+from softsae_lib.profiles import EXPERIMENTS, PROFILES, get_profile
 from softsae_lib.reproduce import NOTEBOOKS
+from softsae_lib.settings import Architectures
 
 
 def test_every_notebook_has_every_profile_as_a_frozen_dataclass():

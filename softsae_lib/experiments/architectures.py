@@ -38,9 +38,9 @@ from softsae_lib.experiments.matched import (
     train_matched,
 )
 from softsae_lib.experiments.parallel import run_jobs
-from softsae_lib.profiles import ARCHS_05 as ARCHS
-from softsae_lib.profiles import Architectures
 from softsae_lib.saes import SAE
+from softsae_lib.settings import ARCHS_05 as ARCHS
+from softsae_lib.settings import Architectures
 
 THRESHOLDED = ("batch_topk", "matryoshka", "feature_choice", "mutual_choice")
 

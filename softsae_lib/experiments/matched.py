@@ -18,8 +18,8 @@ import torch
 
 from softsae_lib.evaluation import evaluate_sae
 from softsae_lib.experiments.parallel import run_jobs
-from softsae_lib.profiles import SAEExperiment
 from softsae_lib.saes import ARCHITECTURES, SAE, make_sae
+from softsae_lib.settings import SAEExperiment
 from softsae_lib.stats import summarize_association
 from softsae_lib.training import TrainConfig, train_sae
 

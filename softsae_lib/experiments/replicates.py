@@ -28,8 +28,8 @@ from softsae_lib.experiments.matched import BASELINES, TrainedModel, association
 from softsae_lib.experiments.parallel import run_jobs
 from softsae_lib.experiments.seeds import seed_association
 from softsae_lib.plots import save_figure, training_curves
-from softsae_lib.profiles import ReplicatedSAE, SAEExperiment
 from softsae_lib.saes import SAE
+from softsae_lib.settings import ReplicatedSAE, SAEExperiment
 from softsae_lib.training.health import HealthCriteria, health_report, health_summary, verdict
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from softsae_lib.experiments.matched import TrainedModel, fit_and_evaluate, per_sample_frame, train_matched
-from softsae_lib.profiles import SAEExperiment, SyntheticManifolds
+from softsae_lib.settings import SAEExperiment, SyntheticManifolds
 from softsae_lib.stats import summarize_association
 from softsae_lib.training.health import health_report, health_summary
 
