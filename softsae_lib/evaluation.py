@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from softsae_lib.batches import sequential_batches
 from softsae_lib.metrics import (
     feature_counts,
     l0_summary,
@@ -14,19 +14,6 @@ from softsae_lib.metrics import (
     sparsity_metrics_from_counts,
 )
 from softsae_lib.saes.base import SAE
-
-
-def sequential_batches(data, batch_size: int):
-    """Rows of ``data`` in order as float32-ready (≤ batch_size, d) tensors: slices of an (N, d) tensor,
-    copies out of an array or memmap, or the batches of any other iterable as they come."""
-    if isinstance(data, torch.Tensor):
-        for i in range(0, data.shape[0], batch_size):
-            yield data[i:i + batch_size]
-    elif isinstance(data, np.ndarray):  # includes read-only memmaps: copy each batch out
-        for i in range(0, data.shape[0], batch_size):
-            yield torch.from_numpy(np.array(data[i:i + batch_size], dtype=np.float32))
-    else:
-        yield from data
 
 
 @torch.no_grad()

@@ -41,7 +41,7 @@ stream is a pure function of ``(seed, epoch)``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ import torch
 
 from softsae_lib.activations.manifest import inside, manifest_problem
 from softsae_lib.atomic import atomic_path, atomic_write_text, sha256_file
+from softsae_lib.batches import ShuffledBatches
 
 FORMAT = "softsae_lib.activation_cache"
 FORMAT_VERSION = 1
@@ -348,58 +349,3 @@ class ActivationCache:
                 epochs: int | None = None) -> ShuffledBatches:
         """Re-iterable stream of shuffled (batch_size, d) float32 tensors (see :class:`ShuffledBatches`)."""
         return ShuffledBatches(self, batch_size, seed, buffer_rows, epochs)
-
-
-class ShuffledBatches:
-    """Shuffled float32 batches from an :class:`ActivationCache`, for ``train_sae(model, data=...)``.
-
-    Epoch e permutes the shard order with a generator seeded by (seed, e), fills a buffer with
-    whole shards until it holds at least ``buffer_rows`` rows, permutes the buffer's rows and emits
-    full batches; rows left over join the next buffer, the final partial batch of an epoch is
-    dropped. ``epochs=None`` streams forever, so that the trainer (which replays an iterable from
-    its start on resume) sees the same batches at the same steps.
-    """
-
-    def __init__(self, cache: ActivationCache, batch_size: int, seed: int = 0, buffer_rows: int = 262144,
-                 epochs: int | None = None) -> None:
-        if batch_size < 1 or batch_size > cache.n_rows:
-            raise ValueError(f"batch_size must be in [1, {cache.n_rows}] (rows in the cache), "
-                             f"got {batch_size}")
-        self.cache, self.batch_size, self.seed = cache, batch_size, seed
-        self.buffer_rows, self.epochs = max(buffer_rows, batch_size), epochs
-
-    def __len__(self) -> int:
-        if self.epochs is None:
-            raise TypeError("an endless stream (epochs=None) has no length")
-        return self.epochs * (self.cache.n_rows // self.batch_size)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(rows in the cache, d): code that reads ``data.shape[1]`` for the width accepts the stream."""
-        return (self.cache.n_rows, self.cache.d)
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.cache.n_rows // self.batch_size
-
-    def _epoch(self, epoch: int) -> Iterator[torch.Tensor]:
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.cache.shard_rows))
-        carry = np.zeros((0, self.cache.d), dtype=np.float32)
-        for pos, s in enumerate(order):
-            parts = [carry, np.asarray(self.cache.shard(int(s)), dtype=np.float32)]
-            carry = np.concatenate(parts)
-            if carry.shape[0] < self.buffer_rows and pos < len(order) - 1:
-                continue
-            carry = carry[rng.permutation(carry.shape[0])]
-            n_full = carry.shape[0] // self.batch_size
-            for b in range(n_full):
-                yield torch.from_numpy(carry[b * self.batch_size:(b + 1) * self.batch_size])
-            carry = carry[n_full * self.batch_size:]
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        epoch = 0
-        while self.epochs is None or epoch < self.epochs:
-            yield from self._epoch(epoch)
-            epoch += 1
-

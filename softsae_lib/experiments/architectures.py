@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from softsae_lib.evaluation import sequential_batches
+from softsae_lib.batches import sequential_batches
 from softsae_lib.experiments.matched import (
     TrainedModel,
     association_table,

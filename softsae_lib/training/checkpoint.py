@@ -2,20 +2,18 @@
 
 The file holds only tensors and plain Python values and is read with ``torch.load(weights_only=True)``,
 so a crafted checkpoint cannot run code; its structure is checked before anything is restored. It
-also records a fingerprint of the training data (:func:`data_fingerprint`), so that resuming on
-different data is refused instead of silently mixing two data sets. Checkpoints written before a
-TrainConfig field was renamed or moved to the model config (``auxk_alpha``, ``alpha_anneal_steps``,
-``hard_topk_steps``) resume: their configs are migrated before the comparison.
+also records a fingerprint of the training data (:func:`softsae_lib.batches.data_fingerprint`), so
+that resuming on different data is refused instead of silently mixing two data sets. Checkpoints
+written before a TrainConfig field was renamed or moved to the model config (``auxk_alpha``,
+``alpha_anneal_steps``, ``hard_topk_steps``) resume: their configs are migrated before the comparison.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import pickle
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from softsae_lib.atomic import atomic_path
@@ -32,7 +30,6 @@ _SCHEMA: dict[str, tuple[type, ...]] = {
 }
 # key -> accepted types; checkpoints written before the key existed lack it.
 _OPTIONAL: dict[str, tuple[type, ...]] = {"fvu_interval": (list,)}  # [FVU sum, steps] since the last log
-_SAMPLE_ROWS = 64
 
 
 class CheckpointError(ValueError):
@@ -49,18 +46,6 @@ def check_checkpoint_dir(folder: str | Path) -> None:
             break
     if path.joinpath(CHECKPOINT_FILE).is_dir():
         raise CheckpointError(f"checkpoint_dir {folder}: {CHECKPOINT_FILE} there is a folder")
-
-
-def data_fingerprint(sample: torch.Tensor | np.ndarray, shape: tuple[int, ...], dtype: str) -> dict:
-    """Shape, dtype and SHA-256 of ``sample`` (some rows of the data, as float32)."""
-    arr = np.ascontiguousarray(torch.as_tensor(sample).detach().cpu().float().numpy())
-    return {"shape": [int(s) for s in shape], "dtype": str(dtype).removeprefix("torch."),
-            "sample_sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
-
-
-def sample_rows(n: int) -> np.ndarray:
-    """Up to 64 evenly spaced row indices of an n-row array (first and last included)."""
-    return np.unique(np.linspace(0, n - 1, min(n, _SAMPLE_ROWS)).round().astype(np.int64))
 
 
 def save_checkpoint(folder: str | Path, state: dict) -> Path:

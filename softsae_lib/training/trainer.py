@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from softsae_lib.batches import BatchSource
 from softsae_lib.saes.base import SAE, LossOutput, StepContext
 from softsae_lib.training import distributed as dist_
 from softsae_lib.training import schedules
@@ -35,7 +36,6 @@ from softsae_lib.training.checkpoint import (
     save_checkpoint,
 )
 from softsae_lib.training.config import TrainConfig
-from softsae_lib.training.data import BatchSource
 
 
 class TrainingError(RuntimeError):

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
+from softsae_lib.batches import BatchSource
 from softsae_lib.saes import SoftSAEConfig, make_sae
 from softsae_lib.saes.schedules import steps_fraction
 from softsae_lib.training import CheckpointError, TrainConfig, TrainingError, schedules, train_sae
 from softsae_lib.training.checkpoint import CHECKPOINT_FILE
-from softsae_lib.training.data import BatchSource
 
 D, F, B = 8, 32, 64
 

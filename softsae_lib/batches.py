@@ -1,4 +1,11 @@
-"""Batches for the trainer from a tensor, a (memory-mapped) array, or an iterable of batches.
+"""Every batching helper of the library, in one place (numpy and torch only, no other layer).
+
+* :class:`BatchSource`: the trainer's batch of step s from a tensor, a (memory-mapped) array, an
+  :class:`~softsae_lib.activations.cache.ActivationCache`, or an iterable of batches.
+* :func:`sequential_batches`: rows in order, for evaluation.
+* :class:`ShuffledBatches`: a shard-buffered shuffled stream over an activation cache, for data
+  larger than memory (``ActivationCache.batches``).
+* :func:`data_fingerprint`, :func:`sample_rows`: what identifies the data in a checkpoint.
 
 For arrays the batch of step s is a pure function of (seed, s): each epoch is a fresh
 permutation drawn from a generator seeded by (seed, epoch), and the trailing partial batch is
@@ -14,10 +21,43 @@ when training reaches their step.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # the cache module imports this one (ActivationCache.batches)
+    from softsae_lib.activations.cache import ActivationCache
+
+# Rows hashed into a data fingerprint: enough to tell data sets apart, cheap on a memmap.
+_SAMPLE_ROWS = 64
+
+
+def data_fingerprint(sample: torch.Tensor | np.ndarray, shape: tuple[int, ...], dtype: str) -> dict:
+    """Shape, dtype and SHA-256 of ``sample`` (some rows of the data, as float32)."""
+    arr = np.ascontiguousarray(torch.as_tensor(sample).detach().cpu().float().numpy())
+    return {"shape": [int(s) for s in shape], "dtype": str(dtype).removeprefix("torch."),
+            "sample_sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+
+
+def sample_rows(n: int) -> np.ndarray:
+    """Up to 64 evenly spaced row indices of an n-row array (first and last included)."""
+    return np.unique(np.linspace(0, n - 1, min(n, _SAMPLE_ROWS)).round().astype(np.int64))
+
+
+def sequential_batches(data, batch_size: int) -> Iterator[torch.Tensor]:
+    """Rows of ``data`` in order as float32-ready (≤ batch_size, d) tensors: slices of an (N, d) tensor,
+    copies out of an array or memmap, or the batches of any other iterable as they come."""
+    if isinstance(data, torch.Tensor):
+        for i in range(0, data.shape[0], batch_size):
+            yield data[i:i + batch_size]
+    elif isinstance(data, np.ndarray):  # includes read-only memmaps: copy each batch out
+        for i in range(0, data.shape[0], batch_size):
+            yield torch.from_numpy(np.array(data[i:i + batch_size], dtype=np.float32))
+    else:
+        yield from data
 
 
 class _RowReader:
@@ -120,8 +160,6 @@ class BatchSource:
     def fingerprint(self) -> dict:
         """What identifies the data for a resumed run: shape, dtype and a hash of a row sample
         (arrays: 64 evenly spaced rows; iterables: the first global batch)."""
-        from softsae_lib.training.checkpoint import data_fingerprint, sample_rows
-
         if self._array is not None:
             rows = sample_rows(self._array.shape[0])
             sample = (self._array[torch.from_numpy(rows).to(self._array.device)]
@@ -148,3 +186,57 @@ class BatchSource:
             n = x.shape[0] // self.world_size
             x = x[self.rank * n:(self.rank + 1) * n]
         return x.float() if x.dtype != torch.float32 else x
+
+
+class ShuffledBatches:
+    """Shuffled float32 batches from an :class:`ActivationCache`, for ``train_sae(model, data=...)``.
+
+    Epoch e permutes the shard order with a generator seeded by (seed, e), fills a buffer with
+    whole shards until it holds at least ``buffer_rows`` rows, permutes the buffer's rows and emits
+    full batches; rows left over join the next buffer, the final partial batch of an epoch is
+    dropped. ``epochs=None`` streams forever, so that the trainer (which replays an iterable from
+    its start on resume) sees the same batches at the same steps.
+    """
+
+    def __init__(self, cache: ActivationCache, batch_size: int, seed: int = 0, buffer_rows: int = 262144,
+                 epochs: int | None = None) -> None:
+        if batch_size < 1 or batch_size > cache.n_rows:
+            raise ValueError(f"batch_size must be in [1, {cache.n_rows}] (rows in the cache), "
+                             f"got {batch_size}")
+        self.cache, self.batch_size, self.seed = cache, batch_size, seed
+        self.buffer_rows, self.epochs = max(buffer_rows, batch_size), epochs
+
+    def __len__(self) -> int:
+        if self.epochs is None:
+            raise TypeError("an endless stream (epochs=None) has no length")
+        return self.epochs * (self.cache.n_rows // self.batch_size)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows in the cache, d): code that reads ``data.shape[1]`` for the width accepts the stream."""
+        return (self.cache.n_rows, self.cache.d)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.cache.n_rows // self.batch_size
+
+    def _epoch(self, epoch: int) -> Iterator[torch.Tensor]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.cache.shard_rows))
+        carry = np.zeros((0, self.cache.d), dtype=np.float32)
+        for pos, s in enumerate(order):
+            parts = [carry, np.asarray(self.cache.shard(int(s)), dtype=np.float32)]
+            carry = np.concatenate(parts)
+            if carry.shape[0] < self.buffer_rows and pos < len(order) - 1:
+                continue
+            carry = carry[rng.permutation(carry.shape[0])]
+            n_full = carry.shape[0] // self.batch_size
+            for b in range(n_full):
+                yield torch.from_numpy(carry[b * self.batch_size:(b + 1) * self.batch_size])
+            carry = carry[n_full * self.batch_size:]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        epoch = 0
+        while self.epochs is None or epoch < self.epochs:
+            yield from self._epoch(epoch)
+            epoch += 1
