@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-Stats = dict[str, torch.Tensor | float]
+# Additive sums behind the reconstruction metrics (not to be confused with the ``stats`` module).
+ReconstructionSums = dict[str, torch.Tensor | float]
 
 _EPS = 1e-12
 DENSITY_THRESHOLDS = (0.1, 0.01)
@@ -43,7 +44,7 @@ def _check_2d(t: torch.Tensor, name: str) -> None:
 # ----------------------------------------------------------------------------- reconstruction
 
 
-def reconstruction_stats(x: torch.Tensor, x_hat: torch.Tensor) -> Stats:
+def reconstruction_stats(x: torch.Tensor, x_hat: torch.Tensor) -> ReconstructionSums:
     """Additive sufficient statistics of one batch; combine batches with :func:`merge_stats`.
 
     Args:
@@ -84,7 +85,7 @@ def reconstruction_stats(x: torch.Tensor, x_hat: torch.Tensor) -> Stats:
     }
 
 
-def merge_stats(a: Stats | None, b: Stats | None) -> Stats:
+def merge_stats(a: ReconstructionSums | None, b: ReconstructionSums | None) -> ReconstructionSums:
     """Sum two :func:`reconstruction_stats` dicts; ``None`` or ``{}`` act as the identity."""
     if not a:
         return dict(b) if b else {}
@@ -100,7 +101,7 @@ def merge_stats(a: Stats | None, b: Stats | None) -> Stats:
     return {k: a[k] + b[k] for k in a}
 
 
-def reconstruction_metrics_from_stats(stats: Stats) -> dict[str, float]:
+def reconstruction_metrics_from_stats(stats: ReconstructionSums) -> dict[str, float]:
     """Metrics from (merged) sufficient statistics.
 
     Returns a dict with:

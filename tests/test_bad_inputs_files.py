@@ -364,6 +364,8 @@ def test_config_structure_errors_name_the_field(tmp_path: Path, edit, match: str
     ("set:step=-1", "field 'step' is -1"),
     ("set:step=x", "field 'step' is a str"),
     ("set:history={}", "field 'history' is a dict"),
+    ("set:fvu_interval=[1.5]", r"field 'fvu_interval' is \[1.5\], expected a list of two numbers"),
+    ("set:fvu_interval=[1.5, \"x\"]", "field 'fvu_interval' is .*expected a list of two numbers"),
 ])
 def test_malformed_checkpoint_named(tmp_path: Path, state, match: str) -> None:
     cfg = _cfg(tmp_path)

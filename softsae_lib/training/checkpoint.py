@@ -81,10 +81,12 @@ def load_checkpoint(folder: str | Path) -> dict | None:
             raise CheckpointError(f"{path}: field {key!r} is a {type(saved[key]).__name__}, expected "
                                   f"{'/'.join(t.__name__ for t in types)}; delete it to start over")
     for key, types in _OPTIONAL.items():
-        if key in saved and not (isinstance(saved[key], types) and len(saved[key]) == 2
-                                 and all(isinstance(v, (int, float)) for v in saved[key])):
-            raise CheckpointError(f"{path}: field {key!r} is a {type(saved[key]).__name__}, expected "
-                                  f"{'/'.join(t.__name__ for t in types)}; delete it to start over")
+        value = saved.get(key)
+        if key in saved and not (isinstance(value, types) and len(value) == 2
+                                 and all(isinstance(v, (int, float)) for v in value)):
+            raise CheckpointError(f"{path}: field {key!r} is {value!r}, expected a "
+                                  f"{'/'.join(t.__name__ for t in types)} of two numbers [sum, count]; "
+                                  f"delete it to start over")
     if saved["step"] < 0:
         raise CheckpointError(f"{path}: field 'step' is {saved['step']}, expected ≥ 0")
     bad = [k for k, v in saved["model"].items() if not isinstance(v, torch.Tensor)]

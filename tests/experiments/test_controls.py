@@ -18,6 +18,7 @@ from softsae_lib.experiments.controls import (
 )
 from softsae_lib.experiments.parallel import run_jobs
 from softsae_lib.experiments.seeds import seed_association
+from softsae_lib.ops.matching_pursuit import orthogonal_matching_pursuit
 from softsae_lib.saes import make_sae
 from softsae_lib.stats import correlations
 
@@ -53,8 +54,6 @@ def test_the_budget_tolerance_makes_the_median_sample_need_the_budget():
     offset = 6 * s.x.norm(dim=1).mean() * torch.nn.functional.normalize(direction)
     x = s.x + offset
     dictionary = torch.cat([s.dictionary(), offset])
-    from softsae_lib.ops.matching_pursuit import orthogonal_matching_pursuit
-
     path = orthogonal_matching_pursuit(x, dictionary, 12)
     assert (path.atoms_needed(0.05) <= 1).float().mean() > 0.9  # the fixed tolerance sees nothing
     tol = budget_tolerance(path, 4.0)
