@@ -171,6 +171,39 @@ def _save(ckpt_dir: Path, next_step: int, model: SAE, cfg: TrainConfig, optimize
     })
 
 
+def _optimizer_step(model: SAE, optimizer: torch.optim.Optimizer, loss: torch.Tensor, cfg: TrainConfig,
+                    lr: float, step: int) -> float:
+    """Backward, decoder-gradient projection, clipping, the scheduled lr, Adam, decoder renorm;
+    returns the lr used at ``step``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    model.remove_parallel_decoder_grad()
+    if cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    lr_now = lr * schedules.lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.decay_start)
+    for group in optimizer.param_groups:
+        group["lr"] = lr_now
+    optimizer.step()
+    model.normalize_decoder()
+    return lr_now
+
+
+@torch.no_grad()
+def _after_step(model: SAE, out: LossOutput, ctx: StepContext, state: _State, since_bound: int,
+                global_rows: int, world: int) -> int:
+    """Dead-latent counters (samples since each latent fired, over all ranks), the model's own
+    post-step update and its synced buffers; returns the updated bound on ``state.since_fired``."""
+    fired = out.fired
+    if world > 1:
+        fired = dist_.reduce_(fired.to(torch.uint8), "max").bool()
+    state.since_fired = torch.where(fired, torch.zeros_like(state.since_fired),
+                                    state.since_fired + global_rows)
+    model.after_step(out, ctx)
+    for name in model.synced_buffers:
+        dist_.reduce_(getattr(model, name))
+    return since_bound + global_rows
+
+
 def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
               on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train ``model`` in place on ``data``.
@@ -235,26 +268,8 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
         _check_divergence(step, loss_value, terms, variance, cfg)
         fvu = terms.get("l2", math.nan) / max(variance, 1e-12)
         state.fvu_sum, state.fvu_count = state.fvu_sum + fvu, state.fvu_count + 1
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        model.remove_parallel_decoder_grad()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        lr_now = lr * schedules.lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.decay_start)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now
-        optimizer.step()
-        model.normalize_decoder()
-        with torch.no_grad():
-            fired = out.fired
-            if world > 1:
-                fired = dist_.reduce_(fired.to(torch.uint8), "max").bool()
-            state.since_fired = torch.where(fired, torch.zeros_like(state.since_fired),
-                                            state.since_fired + x.shape[0] * world)
-            since_bound += x.shape[0] * world
-            model.after_step(out, ctx)
-            for name in model.synced_buffers:
-                dist_.reduce_(getattr(model, name))
+        lr_now = _optimizer_step(model, optimizer, loss, cfg, lr, step)
+        since_bound = _after_step(model, out, ctx, state, since_bound, x.shape[0] * world, world)
         terms.update(loss=loss_value, l0=l0)
         if on_step is not None:
             on_step(step, terms)
