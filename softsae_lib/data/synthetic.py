@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -158,6 +158,175 @@ def _mean_cos(a: torch.Tensor, latent: str) -> torch.Tensor:
     return torch.sinc(t / math.pi).prod(-1)
 
 
+def _check_mixture_args(n_samples: int, ambient_dim: int, dims: list[int], curvature: float, noise: float,
+                        separation: float, radius: float, latent: str, equal_norm: bool) -> None:
+    """Raise ``ValueError`` for arguments :func:`manifold_mixture` cannot honour; ``dims`` the M ints d_m.
+
+    The checks run in a fixed order, so a call with several problems always reports the same one."""
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be ≥ 1, got {n_samples}")
+    if not dims or min(dims) < 1:
+        raise ValueError(f"intrinsic_dims must be a non-empty sequence of positive ints, got {tuple(dims)}")
+    if latent not in _LATENTS:
+        raise ValueError(f"latent must be one of {_LATENTS}, got {latent!r}")
+    for name, value in (("curvature", curvature), ("noise", noise), ("separation", separation)):
+        if not value >= 0:  # written so that NaN fails too
+            raise ValueError(f"{name} must be ≥ 0, got {value}")
+    if not radius > 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    if equal_norm and not separation > 0:
+        raise ValueError("equal_norm=True needs separation > 0 (the radial rescaling is about the origin)")
+    d_max = max(dims)
+    lift = d_max if curvature > 0 else 0
+    need = d_max + lift + int(equal_norm)
+    if ambient_dim < need:
+        parts = [f"{d_max} intrinsic"] + [f"{lift} curvature-lift"] * bool(lift) + ["1 radial"] * equal_norm
+        raise ValueError(f"ambient_dim={ambient_dim} is too small: the largest manifold needs "
+                         f"{' + '.join(parts)} dimensions = {need}")
+
+
+def _split_counts(n_samples: int, n_man: int, samples_per_manifold: Sequence[int] | None) -> list[int]:
+    """Samples per manifold, M = ``n_man`` ints summing to ``n_samples``: ``samples_per_manifold``
+    (validated), or by default an equal split whose remainder goes to the first manifolds."""
+    if samples_per_manifold is None:
+        q, r = divmod(n_samples, n_man)
+        return [q + (i < r) for i in range(n_man)]
+    counts = [int(c) for c in samples_per_manifold]
+    if len(counts) != n_man or min(counts) < 0 or sum(counts) != n_samples:
+        raise ValueError(f"samples_per_manifold must be {n_man} non-negative ints summing to "
+                         f"n_samples={n_samples}, got {tuple(counts)}")
+    return counts
+
+
+@dataclass
+class _Geometry:
+    """The seed-determined shape of a mixture of M manifolds: everything drawn before the samples."""
+
+    centres: torch.Tensor  # (M, D) float32
+    # Per manifold: (D, d_m + lift) float32 orthonormal columns (lift = max d_m if curved, else 0) ...
+    bases: list[torch.Tensor] = field(default_factory=list)
+    weights: list[torch.Tensor] = field(default_factory=list)  # ... (d_m, d_m) float64 unit rows w_l
+    phases: list[torch.Tensor] = field(default_factory=list)  # ... (d_m,) float64 phases φ_l
+    offsets: list[torch.Tensor] = field(default_factory=list)  # ... (d_m,) float64 means μ_l of the sines
+    scales: list[float] = field(default_factory=list)  # ... std of each latent coordinate
+
+
+def _centre_directions(gen: torch.Generator, n_man: int, ambient_dim: int) -> torch.Tensor:
+    """(M, D) float64 unit directions of the M = ``n_man`` centres in R^D, one draw from ``gen``.
+
+    Orthonormal when M ≤ D, so that all pairwise centre distances are equal; with more manifolds than
+    dimensions that is impossible and the directions are merely independent.
+    """
+    dirs = torch.randn(n_man, ambient_dim, generator=gen, dtype=torch.float64)
+    if n_man <= ambient_dim:
+        return torch.linalg.qr(dirs.T).Q.T
+    return torch.nn.functional.normalize(dirs, dim=1)
+
+
+def _manifold_basis(gauss: torch.Tensor, k: int, centre_dir: torch.Tensor) -> torch.Tensor:
+    """(D, k) float32 orthonormal basis spanned by the first ``k`` rows of ``gauss`` (2 d_m, D) float64.
+
+    When D > k the rows are first projected off ``centre_dir`` (D,) (a unit vector): with the span ⊥ c_m,
+    ‖x_clean‖² = ‖c_m‖² + ‖x_clean − c_m‖² has no cross term, so E‖x‖² is the same for every manifold,
+    and the ``equal_norm`` radial map is a diffeomorphism.
+    """
+    g = gauss[:k]
+    if gauss.shape[1] > k:
+        g = g - (g @ centre_dir)[:, None] * centre_dir
+    return torch.linalg.qr(g.T).Q.float()
+
+
+def _lift_moments(w: torch.Tensor, phase: torch.Tensor, latent: str) -> tuple[torch.Tensor, float]:
+    """Exact moments of the lift's sines s_l = sin(ω w_l·z + φ_l) under the ``latent`` distribution of z.
+
+    ``w`` (d, d) float64 unit rows w_l, ``phase`` (d,) float64. Returns μ (d,) float64, μ_l = E s_l
+    (subtracted so that E x_clean = c_m), and Σ_l Var s_l (it sets the norm-preserving scale)."""
+    mu = torch.sin(phase) * _mean_cos(_LIFT_OMEGA * w, latent)
+    mean_sq = 0.5 - 0.5 * torch.cos(2 * phase) * _mean_cos(2 * _LIFT_OMEGA * w, latent)
+    return mu, float((mean_sq - mu**2).sum())
+
+
+def _draw_geometry(gen: torch.Generator, dims: list[int], ambient_dim: int, lift: int, separation: float,
+                   radius: float, curvature: float, latent: str) -> _Geometry:
+    """Centres (M, D), bases and curvature lift of the M manifolds of intrinsic dimensions ``dims``.
+
+    Draw order on ``gen``: the centre directions, then per manifold its basis Gaussian (2 d_m, D), lift
+    weights (d_m, d_m) and phases (d_m,). None of the draws depends on ``curvature``, ``separation`` or
+    ``radius``, so sweeping one of them keeps the same directions.
+    """
+    dirs = _centre_directions(gen, len(dims), ambient_dim)
+    geo = _Geometry(centres=(separation * radius * dirs).float())
+    for m, d in enumerate(dims):
+        # Rows 0..d-1 are drawn the same whether or not the lift rows are used, and QR's first d columns
+        # depend only on the first d columns, so flat and curved versions share the flat directions.
+        gauss = torch.randn(2 * d, ambient_dim, generator=gen, dtype=torch.float64)
+        w = torch.nn.functional.normalize(torch.randn(d, d, generator=gen, dtype=torch.float64), dim=1)
+        phase = 2 * math.pi * torch.rand(d, generator=gen, dtype=torch.float64)
+        geo.bases.append(_manifold_basis(gauss, d + lift, dirs[m]))
+        mu, var_lift = _lift_moments(w, phase, latent)
+        # E‖[u; g]‖² = σ_d² (d + κ² Σ_l Var_l) with σ_d = radius/√d; shrink so that it equals radius².
+        geo.scales.append(radius / math.sqrt(d + curvature**2 * var_lift))
+        geo.weights.append(w)
+        geo.phases.append(phase)
+        geo.offsets.append(mu)
+    return geo
+
+
+def _unsampled_mixture(geo: _Geometry, dims: list[int], counts: list[int], n_samples: int, ambient_dim: int,
+                       radius: float, curvature: float, noise: float, equal_norm: bool) -> ManifoldMixture:
+    """A :class:`ManifoldMixture` with its geometry set and its N = ``n_samples`` samples still to draw.
+
+    Per-sample tensors are in manifold order (``counts[m]`` rows for manifold m): ``latents`` (N, max d_m)
+    zeros, ``x`` and ``x_clean`` one uninitialised (N, D) tensor, ``manifold_id`` and ``intrinsic_dim`` (N,).
+    The geometry is set first because :meth:`ManifoldMixture.embed` computes the samples from it.
+    """
+    dims_t = torch.tensor(dims)
+    manifold_id = torch.repeat_interleave(torch.arange(len(dims)), torch.tensor(counts))
+    x_clean = torch.empty(n_samples, ambient_dim)
+    return ManifoldMixture(x=x_clean, x_clean=x_clean, intrinsic_dim=dims_t[manifold_id],
+                           manifold_id=manifold_id, latents=torch.zeros(n_samples, max(dims)), dims=dims_t,
+                           centres=geo.centres, bases=geo.bases, radius=float(radius),
+                           curvature=float(curvature), noise=float(noise), equal_norm=bool(equal_norm),
+                           latent_scale=torch.tensor(geo.scales, dtype=torch.float64),
+                           lift_weights=geo.weights, lift_phases=geo.phases, lift_offsets=geo.offsets)
+
+
+def _draw_latents(gen: torch.Generator, n: int, d: int, latent: str) -> torch.Tensor:
+    """(n, d) float32 z with iid zero-mean unit-variance coordinates: U[-√3, √3] or N(0, 1)."""
+    if latent == "uniform":
+        return math.sqrt(3.0) * (2 * torch.rand(n, d, generator=gen) - 1)
+    return torch.randn(n, d, generator=gen)
+
+
+def _fill_samples(out: ManifoldMixture, gen: torch.Generator, dims: list[int], counts: list[int],
+                  scales: list[float], latent: str) -> None:
+    """Draw each manifold's latents in turn, one (counts[m], d_m) draw on ``gen``, and write them into
+    ``out.latents[:, :d_m]`` (N, max d_m) and their noise-free points into ``out.x_clean`` (N, D), in place,
+    manifold m's rows after those of manifolds 0..m-1."""
+    start = 0
+    for m, (d, n) in enumerate(zip(dims, counts, strict=True)):
+        u = scales[m] * _draw_latents(gen, n, d, latent)
+        out.latents[start:start + n, :d] = u
+        out.x_clean[start:start + n] = out.embed(m, u)
+        start += n
+
+
+def _add_noise_and_shuffle(out: ManifoldMixture, gen: torch.Generator, noise: float) -> None:
+    """Set ``out.x`` = x_clean + noise · ε, ε (N, D) ~ N(0, I), and shuffle every per-sample tensor.
+
+    The noise is drawn before the permutation (N,), both on ``gen``. One permutation for all keeps the
+    ground truth aligned with ``x``, and it makes any prefix (the notebooks' train split) a random sample
+    of every manifold."""
+    x_clean = out.x_clean
+    eps = torch.randn(*x_clean.shape, generator=gen)
+    perm = torch.randperm(x_clean.shape[0], generator=gen)
+    out.x = (x_clean + noise * eps)[perm]
+    out.x_clean = x_clean[perm]
+    out.latents = out.latents[perm]
+    out.manifold_id = out.manifold_id[perm]
+    out.intrinsic_dim = out.intrinsic_dim[perm]
+
+
 def manifold_mixture(n_samples: int, ambient_dim: int, intrinsic_dims: Sequence[int] = (1, 2, 4, 8, 16, 32),
                      curvature: float = 0.0, noise: float = 0.01,
                      samples_per_manifold: Sequence[int] | None = None, separation: float = 4.0,
@@ -214,91 +383,15 @@ def manifold_mixture(n_samples: int, ambient_dim: int, intrinsic_dims: Sequence[
     has room to avoid its centre), so sweeping one of them reuses the same directions and latents.
     """
     dims = [int(d) for d in intrinsic_dims]
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be ≥ 1, got {n_samples}")
-    if not dims or min(dims) < 1:
-        raise ValueError(f"intrinsic_dims must be a non-empty sequence of positive ints, got {tuple(dims)}")
-    if latent not in _LATENTS:
-        raise ValueError(f"latent must be one of {_LATENTS}, got {latent!r}")
-    for name, value in (("curvature", curvature), ("noise", noise), ("separation", separation)):
-        if not value >= 0:
-            raise ValueError(f"{name} must be ≥ 0, got {value}")
-    if not radius > 0:
-        raise ValueError(f"radius must be > 0, got {radius}")
-    if equal_norm and not separation > 0:
-        raise ValueError("equal_norm=True needs separation > 0 (the radial rescaling is about the origin)")
-    d_max = max(dims)
-    lift = d_max if curvature > 0 else 0
-    need = d_max + lift + int(equal_norm)
-    if ambient_dim < need:
-        parts = [f"{d_max} intrinsic"] + [f"{lift} curvature-lift"] * bool(lift) + ["1 radial"] * equal_norm
-        raise ValueError(f"ambient_dim={ambient_dim} is too small: the largest manifold needs "
-                         f"{' + '.join(parts)} dimensions = {need}")
-    n_man = len(dims)
-    if samples_per_manifold is None:
-        q, r = divmod(n_samples, n_man)
-        counts = [q + (i < r) for i in range(n_man)]
-    else:
-        counts = [int(c) for c in samples_per_manifold]
-        if len(counts) != n_man or min(counts) < 0 or sum(counts) != n_samples:
-            raise ValueError(f"samples_per_manifold must be {n_man} non-negative ints summing to "
-                             f"n_samples={n_samples}, got {tuple(counts)}")
-
-    # ---- geometry (independent of n_samples, curvature, noise, separation, radius) ----
+    _check_mixture_args(n_samples, ambient_dim, dims, curvature, noise, separation, radius, latent,
+                        equal_norm)
+    counts = _split_counts(n_samples, len(dims), samples_per_manifold)
     gen = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(n_man, ambient_dim, generator=gen, dtype=torch.float64)
-    if n_man <= ambient_dim:
-        dirs = torch.linalg.qr(dirs.T).Q.T
-    else:
-        dirs = torch.nn.functional.normalize(dirs, dim=1)
-    centres = (separation * radius * dirs).float()
-    bases, weights, phases, offsets, scales = [], [], [], [], []
-    for m, d in enumerate(dims):
-        # Rows 0..d-1 are drawn the same whether or not the lift rows are used, and QR's first d columns
-        # depend only on the first d columns, so flat and curved versions share the flat directions.
-        gauss = torch.randn(2 * d, ambient_dim, generator=gen, dtype=torch.float64)
-        w = torch.nn.functional.normalize(torch.randn(d, d, generator=gen, dtype=torch.float64), dim=1)
-        phase = 2 * math.pi * torch.rand(d, generator=gen, dtype=torch.float64)
-        k = d + lift
-        g = gauss[:k]
-        if ambient_dim > k:  # keep the manifold's span orthogonal to its own centre
-            g = g - (g @ dirs[m])[:, None] * dirs[m]
-        bases.append(torch.linalg.qr(g.T).Q.float())
-        mu = torch.sin(phase) * _mean_cos(_LIFT_OMEGA * w, latent)
-        mean_sq = 0.5 - 0.5 * torch.cos(2 * phase) * _mean_cos(2 * _LIFT_OMEGA * w, latent)
-        var_lift = float((mean_sq - mu**2).sum())  # Σ_l Var sin(ω w_l·z + φ_l)
-        # E‖[u; g]‖² = σ_d² (d + κ² Σ_l Var_l) with σ_d = radius/√d; shrink so that it equals radius².
-        scales.append(radius / math.sqrt(d + curvature**2 * var_lift))
-        weights.append(w)
-        phases.append(phase)
-        offsets.append(mu)
-
-    # ---- samples ----
+    lift = max(dims) if curvature > 0 else 0
+    geo = _draw_geometry(gen, dims, ambient_dim, lift, separation, radius, curvature, latent)
+    # The samples continue the geometry's generator unless a separate stream was asked for.
     gen_s = gen if sample_seed is None else torch.Generator().manual_seed(sample_seed)
-    dims_t = torch.tensor(dims)
-    manifold_id = torch.repeat_interleave(torch.arange(n_man), torch.tensor(counts))
-    latents = torch.zeros(n_samples, d_max)
-    x_clean = torch.empty(n_samples, ambient_dim)
-    out = ManifoldMixture(x=x_clean, x_clean=x_clean, intrinsic_dim=dims_t[manifold_id],
-                          manifold_id=manifold_id, latents=latents, dims=dims_t, centres=centres, bases=bases,
-                          radius=float(radius), curvature=float(curvature), noise=float(noise),
-                          equal_norm=bool(equal_norm), latent_scale=torch.tensor(scales, dtype=torch.float64),
-                          lift_weights=weights, lift_phases=phases, lift_offsets=offsets)
-    start = 0
-    for m, (d, n) in enumerate(zip(dims, counts, strict=True)):
-        if latent == "uniform":
-            z = math.sqrt(3.0) * (2 * torch.rand(n, d, generator=gen_s) - 1)
-        else:
-            z = torch.randn(n, d, generator=gen_s)
-        u = scales[m] * z
-        latents[start:start + n, :d] = u
-        x_clean[start:start + n] = out.embed(m, u)
-        start += n
-    eps = torch.randn(n_samples, ambient_dim, generator=gen_s)
-    perm = torch.randperm(n_samples, generator=gen_s)
-    out.x = (x_clean + noise * eps)[perm]
-    out.x_clean = x_clean[perm]
-    out.latents = latents[perm]
-    out.manifold_id = manifold_id[perm]
-    out.intrinsic_dim = out.intrinsic_dim[perm]
+    out = _unsampled_mixture(geo, dims, counts, n_samples, ambient_dim, radius, curvature, noise, equal_norm)
+    _fill_samples(out, gen_s, dims, counts, geo.scales, latent)
+    _add_noise_and_shuffle(out, gen_s, noise)
     return out
