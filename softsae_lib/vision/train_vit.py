@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def _replan(state: dict, cfg: ViTTrainConfig, steps_per_epoch: int, log) -> None
 
     Shared CPUs slow down and speed up unpredictably; refitting keeps the final epochs at a low
     learning rate instead of cutting them off at a high one (or idling when the pace improves). After
-    warm-up the rate never rises (see ``lr_cap`` in :func:`train_vit`), so growing the schedule holds
+    warm-up the rate never rises (see ``lr_cap`` in :meth:`_Run._set_lr`), so growing the schedule holds
     the current rate longer rather than jumping back up. Retrain with ``--epochs`` to fix the length.
     """
     hist = state["history"]
@@ -175,6 +176,177 @@ def _load_checkpoint(path: Path, device: str) -> dict:
     return ck
 
 
+def _load_data(cfg: ViTTrainConfig, train: ImageSet | None,
+               test: ImageSet | None) -> tuple[ImageSet, ImageSet]:
+    """The (train, test) sets, uint8 images (N, 32, 32, 3): as given or read from the CIFAR-10 tarball,
+    then cut to ``cfg.train_limit`` / ``cfg.test_limit`` images if set."""
+    train = train if train is not None else load_cifar10("train")
+    test = test if test is not None else load_cifar10("test")
+    if cfg.train_limit:  # a seeded random subset: the files are sorted by class
+        train = train.subset(_sample(len(train), cfg.train_limit, cfg.seed))
+    if cfg.test_limit:
+        test = test.subset(_sample(len(test), cfg.test_limit, cfg.seed))
+    return train, test
+
+
+def _make_optimizer(model: torch.nn.Module, cfg: ViTTrainConfig) -> torch.optim.AdamW:
+    """AdamW at ``cfg.lr``, the usual ViT recipe: weight decay on the weight matrices only (≥ 2-D and not
+    embeddings), none on biases, norms and embeddings."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.999))
+
+
+def _initial_state(cfg: ViTTrainConfig, ckpt_path: Path, model: torch.nn.Module,
+                   opt: torch.optim.Optimizer, log: Callable[[str], object]) -> dict:
+    """A fresh training state, or the one at ``ckpt_path`` with model and optimizer restored in place; a
+    checkpoint of another config (``RUNTIME_KEYS`` aside) is refused, as resuming would mix two recipes."""
+    if not ckpt_path.is_file():
+        return {"step": 0, "epochs": cfg.epochs, "elapsed": 0.0, "history": []}
+    ck = _load_checkpoint(ckpt_path, cfg.device)
+    mine = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
+    theirs = {k: ck["config"].get(k, v) for k, v in mine.items()}
+    if theirs != mine:
+        diff = {k: (theirs[k], mine[k]) for k in mine if theirs[k] != mine[k]}
+        raise ValueError(f"{ckpt_path}: checkpoint was made with a different config (checkpoint vs now: "
+                         f"{diff}); remove it to start over")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    state = ck["state"]
+    log(f"resumed from {ckpt_path} at step {state['step']} ({state['elapsed'] / 60:.1f} min used)")
+    return state
+
+
+@dataclass
+class _Run:
+    """One call of :func:`train_vit`: what its epoch loop, checkpoints and exports share."""
+
+    cfg: ViTTrainConfig
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    train: ImageSet
+    test: ImageSet
+    state: dict  # step, epochs, elapsed, history (and lr_cap): all a resumed run needs besides weights
+    ckpt_path: Path
+    out: str | Path
+    steps_per_epoch: int
+    log: Callable[[str], object]
+    start: float = 0.0  # perf_counter() origin, moved back by the time earlier calls used (one budget)
+    last_ckpt: float = 0.0
+    calib_start: float = 0.0
+    steps_run: int = 0  # steps of this call only: max_steps and the calibration count these
+
+    def loop(self, max_steps: int | None) -> None:
+        """Train epoch after epoch until the planned epochs, ``max_steps`` or the time budget is reached."""
+        self.model.train()
+        self.start = time.perf_counter() - self.state["elapsed"]
+        self.last_ckpt = time.perf_counter()
+        done = False
+        while not done:
+            epoch = self.state["step"] // self.steps_per_epoch
+            if self.state["epochs"] and epoch >= self.state["epochs"]:
+                break
+            loss, done = self._run_epoch(epoch, max_steps)
+            self._end_epoch(loss, done)
+
+    def _run_epoch(self, epoch: int, max_steps: int | None) -> tuple[torch.Tensor, bool]:
+        """The remaining steps of ``epoch`` (all of them unless resumed mid-epoch). Returns the last step's
+        loss, a () tensor, and whether training must stop (``max_steps`` reached or time budget spent)."""
+        cfg, state = self.cfg, self.state
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.train))
+        for b in range(state["step"] % self.steps_per_epoch, self.steps_per_epoch):
+            step = state["step"]
+            self._calibrate()
+            lr = self._set_lr(step)
+            loss = self._train_step(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], step, lr)
+            state["step"] += 1
+            self.steps_run += 1
+            state["elapsed"] = time.perf_counter() - self.start
+            if step % 50 == 0:
+                self.log(f"step {step} epoch {epoch} loss {loss.item():.4f} lr {lr:.2e} "
+                         f"{state['elapsed'] / 60:.1f} min")
+            out_of_time = state["elapsed"] > cfg.minutes * 60
+            if (max_steps is not None and self.steps_run >= max_steps) or out_of_time:
+                return loss, True
+            if time.perf_counter() - self.last_ckpt > cfg.checkpoint_minutes * 60:
+                self.checkpoint()
+        return loss, False
+
+    def _calibrate(self) -> None:
+        """Auto mode (``epochs == 0``): fix the schedule's length from the time of ``calibrate_steps``
+        steps and the budget, leaving room for the evaluations."""
+        cfg, state = self.cfg, self.state
+        if state["epochs"] == 0 and self.steps_run == 5:  # skip warm-up steps when timing
+            self.calib_start = time.perf_counter()
+        if state["epochs"] == 0 and self.steps_run == 5 + cfg.calibrate_steps:
+            per_step = (time.perf_counter() - self.calib_start) / cfg.calibrate_steps
+            eval_cost = 0.4 * per_step * len(self.test) / cfg.batch_size  # forward only, no backward
+            per_epoch = per_step * self.steps_per_epoch + eval_cost
+            state["epochs"] = max(1, int(cfg.minutes * 60 * 0.92 / per_epoch))
+            self.log(f"calibrated: {per_step:.3f} s/step, ~{per_epoch / 60:.1f} min/epoch -> "
+                     f"{state['epochs']} epochs in {cfg.minutes} min")
+
+    def _set_lr(self, step: int) -> float:
+        """The learning rate of ``step`` (:func:`lr_at`, capped after warm-up by ``state["lr_cap"]``, which
+        it lowers), set on every parameter group."""
+        cfg, state = self.cfg, self.state
+        total = (state["epochs"] or 10 ** 6) * self.steps_per_epoch
+        warmup = int(cfg.warmup_epochs * self.steps_per_epoch)
+        lr = lr_at(step, total, warmup, cfg.lr)
+        if step >= warmup:  # non-increasing after warm-up, whatever the refits of `total` do
+            lr = min(lr, state.get("lr_cap", lr))
+            state["lr_cap"] = lr
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def _train_step(self, idx: np.ndarray, step: int, lr: float) -> torch.Tensor:
+        """One optimizer step on the training images ``idx`` (B,), augmented into x (B, 3, 32, 32) with a
+        generator seeded by (seed, step) so that a resumed run sees the same crops. Returns the () loss."""
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        x = augment(normalize(torch.from_numpy(self.train.images[idx])), cfg.pad, gen).to(cfg.device)
+        y = torch.from_numpy(self.train.labels[idx]).to(cfg.device)
+        with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = self.model(pixel_values=x).logits
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {step} (lr {lr:.2e})")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        return loss
+
+    def _end_epoch(self, loss: torch.Tensor, done: bool) -> None:
+        """Evaluate, append to the history, refit the schedule (auto mode, unless ``done``), checkpoint,
+        export to ``out``. Also runs when training stops mid-epoch: the export must hold the last weights."""
+        cfg, state = self.cfg, self.state
+        acc = evaluate(self.model, self.test, bf16=cfg.bf16)
+        state["elapsed"] = time.perf_counter() - self.start
+        state["history"].append({"epoch": state["step"] / self.steps_per_epoch, "step": state["step"],
+                                 "test_accuracy": acc, "train_loss": float(loss.item()),
+                                 "minutes": state["elapsed"] / 60})
+        self.log(f"eval after step {state['step']} ({state['step'] / self.steps_per_epoch:.2f} epochs): "
+                 f"test accuracy {acc:.4f}, {state['elapsed'] / 60:.1f} min")
+        if cfg.epochs == 0 and not done:
+            _replan(state, cfg, self.steps_per_epoch, self.log)
+        self.checkpoint()
+        record = {"config": asdict(cfg), "history": state["history"], "test_accuracy": acc,
+                  "steps": state["step"], "epochs_done": state["step"] / self.steps_per_epoch,
+                  "planned_epochs": state["epochs"], "train_images": len(self.train),
+                  "test_images": len(self.test), "minutes": state["elapsed"] / 60}
+        export_vit(self.model, self.out, record, image_mean=CIFAR10_MEAN, image_std=CIFAR10_STD)
+
+    def checkpoint(self) -> None:
+        """Save the weights, optimizer and state atomically, and restart the mid-epoch checkpoint clock."""
+        _save_checkpoint(self.ckpt_path, {"model": self.model.state_dict(),
+                                          "optimizer": self.opt.state_dict(), "state": self.state,
+                                          "config": asdict(self.cfg)})
+        self.last_ckpt = time.perf_counter()
+
+
 def train_vit(cfg: ViTTrainConfig, out: str | Path, ckpt_dir: str | Path | None = None,
               train: ImageSet | None = None, test: ImageSet | None = None, max_steps: int | None = None,
               log=print) -> dict:
@@ -186,113 +358,14 @@ def train_vit(cfg: ViTTrainConfig, out: str | Path, ckpt_dir: str | Path | None 
     torch.set_num_threads(cfg.threads)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else cache_root() / "vit_train"
     ckpt_path = ckpt_dir / "checkpoint.pt"
-    train = train if train is not None else load_cifar10("train")
-    test = test if test is not None else load_cifar10("test")
-    if cfg.train_limit:  # a seeded random subset: the files are sorted by class
-        train = train.subset(_sample(len(train), cfg.train_limit, cfg.seed))
-    if cfg.test_limit:
-        test = test.subset(_sample(len(test), cfg.test_limit, cfg.seed))
+    train, test = _load_data(cfg, train, test)
     model = make_vit(cfg, len(train.class_names), train.class_names).to(cfg.device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.999))
+    opt = _make_optimizer(model, cfg)
     steps_per_epoch = len(train) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train)} training images < batch size {cfg.batch_size}")
-    state = {"step": 0, "epochs": cfg.epochs, "elapsed": 0.0, "history": []}
-    if ckpt_path.is_file():
-        ck = _load_checkpoint(ckpt_path, cfg.device)
-        mine = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
-        theirs = {k: ck["config"].get(k, v) for k, v in mine.items()}
-        if theirs != mine:
-            diff = {k: (theirs[k], mine[k]) for k in mine if theirs[k] != mine[k]}
-            raise ValueError(f"{ckpt_path}: checkpoint was made with a different config (checkpoint vs now: "
-                             f"{diff}); remove it to start over")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        state = ck["state"]
-        log(f"resumed from {ckpt_path} at step {state['step']} ({state['elapsed'] / 60:.1f} min used)")
-
-    def checkpoint() -> None:
-        _save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                     "state": state, "config": asdict(cfg)})
-
-    def export(acc: float) -> None:
-        record = {"config": asdict(cfg), "history": state["history"], "test_accuracy": acc,
-                  "steps": state["step"], "epochs_done": state["step"] / steps_per_epoch,
-                  "planned_epochs": state["epochs"], "train_images": len(train), "test_images": len(test),
-                  "minutes": state["elapsed"] / 60}
-        export_vit(model, out, record, image_mean=CIFAR10_MEAN, image_std=CIFAR10_STD)
-
-    model.train()
-    start = time.perf_counter() - state["elapsed"]
-    last_ckpt = time.perf_counter()
-    calib_start = 0.0
-    done = False
-    steps_run = 0
-    while not done:
-        epoch = state["step"] // steps_per_epoch
-        if state["epochs"] and epoch >= state["epochs"]:
-            break
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))
-        for b in range(state["step"] % steps_per_epoch, steps_per_epoch):
-            step = state["step"]
-            if state["epochs"] == 0 and steps_run == 5:  # skip warm-up steps when timing
-                calib_start = time.perf_counter()
-            if state["epochs"] == 0 and steps_run == 5 + cfg.calibrate_steps:
-                per_step = (time.perf_counter() - calib_start) / cfg.calibrate_steps
-                eval_cost = 0.4 * per_step * len(test) / cfg.batch_size  # forward only, no backward
-                per_epoch = per_step * steps_per_epoch + eval_cost
-                state["epochs"] = max(1, int(cfg.minutes * 60 * 0.92 / per_epoch))
-                log(f"calibrated: {per_step:.3f} s/step, ~{per_epoch / 60:.1f} min/epoch -> "
-                    f"{state['epochs']} epochs in {cfg.minutes} min")
-            total = (state["epochs"] or 10 ** 6) * steps_per_epoch
-            warmup = int(cfg.warmup_epochs * steps_per_epoch)
-            lr = lr_at(step, total, warmup, cfg.lr)
-            if step >= warmup:  # non-increasing after warm-up, whatever the refits of `total` do
-                lr = min(lr, state.get("lr_cap", lr))
-                state["lr_cap"] = lr
-            for g in opt.param_groups:
-                g["lr"] = lr
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            x = augment(normalize(torch.from_numpy(train.images[idx])), cfg.pad, gen).to(cfg.device)
-            y = torch.from_numpy(train.labels[idx]).to(cfg.device)
-            with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = model(pixel_values=x).logits
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {step} (lr {lr:.2e})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            state["step"] += 1
-            steps_run += 1
-            state["elapsed"] = time.perf_counter() - start
-            if step % 50 == 0:
-                log(f"step {step} epoch {epoch} loss {loss.item():.4f} lr {lr:.2e} "
-                    f"{state['elapsed'] / 60:.1f} min")
-            out_of_time = state["elapsed"] > cfg.minutes * 60
-            if (max_steps is not None and steps_run >= max_steps) or out_of_time:
-                done = True
-                break
-            if time.perf_counter() - last_ckpt > cfg.checkpoint_minutes * 60:
-                checkpoint()
-                last_ckpt = time.perf_counter()
-        acc = evaluate(model, test, bf16=cfg.bf16)
-        state["elapsed"] = time.perf_counter() - start
-        state["history"].append({"epoch": state["step"] / steps_per_epoch, "step": state["step"],
-                                 "test_accuracy": acc, "train_loss": float(loss.item()),
-                                 "minutes": state["elapsed"] / 60})
-        log(f"eval after step {state['step']} ({state['step'] / steps_per_epoch:.2f} epochs): "
-            f"test accuracy {acc:.4f}, {state['elapsed'] / 60:.1f} min")
-        if cfg.epochs == 0 and not done:
-            _replan(state, cfg, steps_per_epoch, log)
-        checkpoint()
-        last_ckpt = time.perf_counter()
-        export(acc)
+    state = _initial_state(cfg, ckpt_path, model, opt, log)
+    _Run(cfg, model, opt, train, test, state, ckpt_path, out, steps_per_epoch, log).loop(max_steps)
     final = state["history"][-1]["test_accuracy"] if state["history"] else float("nan")
     return {"config": asdict(cfg), "history": state["history"], "test_accuracy": final,
             "minutes": state["elapsed"] / 60, "steps": state["step"]}
