@@ -292,6 +292,80 @@ def _expand(du: Tensor, iu: Tensor, counts: Tensor, order: Tensor, starts: Tenso
     return du.gather(1, slot), order[starts[iu.gather(1, slot)] + within]
 
 
+def _knn_inputs(x: Tensor, reference: Tensor | None, duplicates: Duplicates) -> tuple[Tensor, Tensor, bool]:
+    """Checked x (N, D) and reference r (Nr, D; x in self mode) of one dtype, and whether it is self mode."""
+    if duplicates not in _DUPLICATES:
+        raise ValueError(f"duplicates must be one of {_DUPLICATES}, got {duplicates!r}")
+    x = _check(x, "x")
+    self_mode = reference is None
+    r = x if self_mode else _check(reference, "reference")
+    if r.shape[1] != x.shape[1] or r.device != x.device:
+        raise ValueError("reference must have the same number of columns and device as x")
+    if not self_mode and r.dtype != x.dtype:
+        r = r.to(torch.promote_types(r.dtype, x.dtype))
+        x = x.to(r.dtype)
+    return x, r, self_mode
+
+
+def _coinciding_queries(x: Tensor, ru: Tensor, k: int, counts: Tensor, n_removed: int, block_size: int,
+                        extra: int) -> tuple[Tensor, Tensor, Tensor, str]:
+    """Reference mode: each query's K + 1 nearest distinct reference points (one more, to drop a coinciding
+    one), du (N, K+1) float64 and iu (N, K+1) long into ``ru`` (U, D), the queries that coincide (N,) bool,
+    and the message counting them."""
+    if k + 1 > ru.shape[0]:
+        raise ValueError(f"k={k}: the reference has only {ru.shape[0]} distinct points")
+    du, iu = _exact_knn(x, ru, k + 1, False, block_size, extra)  # at most one zero per row
+    zero_rows = du[:, 0] == 0
+    msg = (f"knn: {int(zero_rows.sum())} of {x.shape[0]} query points coincide with a reference point "
+           f"({int(counts[iu[zero_rows, 0]].sum())} zero-distance query-reference pairs); the reference "
+           f"has {n_removed} redundant copies")
+    return du, iu, zero_rows, msg
+
+
+def _resolve_duplicates(x: Tensor, r: Tensor, k: int, self_mode: bool, duplicates: Duplicates,
+                        ded: tuple[Tensor, Tensor, int] | None, dist: Tensor | None, idx: Tensor | None,
+                        block_size: int, extra: int, method: Method) -> tuple[Tensor, Tensor]:
+    """:func:`knn` once zero distances are possible: raise, warn, or search again among distinct points.
+
+    ``ded`` is ``deduplicate(r)`` if already computed; ``dist``, ``idx`` (N, K) the plain search's result
+    if it ran, kept by "warn". Returns dist (N, K) float64, idx (N, K) long into x or r. The warnings'
+    stacklevel=3 names the line that called :func:`knn`."""
+    ru, inv, n_removed = ded if ded is not None else deduplicate(r)
+    counts, order, starts = _groups(inv, ru.shape[0])
+    if self_mode:
+        dup = counts > 1
+        msg = (f"knn: {int(counts[dup].sum())} of {x.shape[0]} points have an exact duplicate "
+               f"({int((counts * (counts - 1) // 2).sum())} zero-distance pairs, {int(dup.sum())} groups, "
+               f"{n_removed} redundant copies)")
+    else:
+        du, iu, zero_rows, msg = _coinciding_queries(x, ru, k, counts, n_removed, block_size, extra)
+    if duplicates == "error":
+        raise ValueError(
+            msg + ". Zero distances break the ID estimators: pass duplicates='exclude' (neighbours at "
+            "positive distance), 'dedupe' (neighbours among distinct points), 'warn' (keep zeros), "
+            "or call deduplicate() first."
+        )
+    if duplicates == "warn":
+        warnings.warn(msg + "; zero distances kept (duplicates='warn').", stacklevel=3)
+        return dist, idx
+    if self_mode:
+        if k > ru.shape[0] - 1:
+            raise ValueError(f"{msg}; k={k} exceeds the {ru.shape[0] - 1} other distinct points")
+        du, iu = _exact_knn(ru, ru, k, True, block_size, extra, method)
+        du, iu = du[inv], iu[inv]
+    else:  # drop the coinciding reference point where there is one, else the (K+1)-th
+        cols = torch.arange(k, device=x.device) + zero_rows.long()[:, None]
+        du, iu = du.gather(1, cols), iu.gather(1, cols)
+    if duplicates == "dedupe":
+        dist, idx = du, order[starts[iu]]
+        what = "neighbours searched among the distinct points, copies share the first occurrence's index"
+    else:
+        dist, idx = _expand(du, iu, counts, order, starts)
+        what = "zero-distance neighbours skipped, the K nearest points at positive distance returned"
+    warnings.warn(f"{msg}; duplicates={duplicates!r}: {what}.", stacklevel=3)
+    return dist, idx
+
+
 def knn(
     x: Tensor,
     k: int,
@@ -321,64 +395,11 @@ def knn(
     Returns:
         ``(dist, idx)``: dist (N, K) float64 sorted ascending, idx (N, K) long into ``x`` (or ``reference``).
     """
-    if duplicates not in _DUPLICATES:
-        raise ValueError(f"duplicates must be one of {_DUPLICATES}, got {duplicates!r}")
-    x = _check(x, "x")
-    self_mode = reference is None
-    r = x if self_mode else _check(reference, "reference")
-    if r.shape[1] != x.shape[1] or r.device != x.device:
-        raise ValueError("reference must have the same number of columns and device as x")
-    if not self_mode and r.dtype != x.dtype:
-        r = r.to(torch.promote_types(r.dtype, x.dtype))
-        x = x.to(r.dtype)
+    x, r, self_mode = _knn_inputs(x, reference, duplicates)
     ded = deduplicate(r) if duplicates == "dedupe" else None
+    dist = idx = None
     if ded is None or ded[2] == 0:  # plain search; duplicates only matter if a zero distance shows up
         dist, idx = _exact_knn(x, r, k, self_mode, block_size, extra, method)
         if not bool((dist[:, 0] == 0).any()):
             return dist, idx
-    else:
-        dist = idx = None
-    ru, inv, n_removed = ded if ded is not None else deduplicate(r)
-    counts, order, starts = _groups(inv, ru.shape[0])
-    if self_mode:
-        dup = counts > 1
-        msg = (
-            f"knn: {int(counts[dup].sum())} of {x.shape[0]} points have an exact duplicate "
-            f"({int((counts * (counts - 1) // 2).sum())} zero-distance pairs, {int(dup.sum())} groups, "
-            f"{n_removed} redundant copies)"
-        )
-    else:
-        if k + 1 > ru.shape[0]:
-            raise ValueError(f"k={k}: the reference has only {ru.shape[0]} distinct points")
-        du, iu = _exact_knn(x, ru, k + 1, False, block_size, extra)  # at most one zero per row
-        zero_rows = du[:, 0] == 0
-        msg = (
-            f"knn: {int(zero_rows.sum())} of {x.shape[0]} query points coincide with a reference point "
-            f"({int(counts[iu[zero_rows, 0]].sum())} zero-distance query-reference pairs); the reference "
-            f"has {n_removed} redundant copies"
-        )
-    if duplicates == "error":
-        raise ValueError(
-            msg + ". Zero distances break the ID estimators: pass duplicates='exclude' (neighbours at "
-            "positive distance), 'dedupe' (neighbours among distinct points), 'warn' (keep zeros), "
-            "or call deduplicate() first."
-        )
-    if duplicates == "warn":
-        warnings.warn(msg + "; zero distances kept (duplicates='warn').", stacklevel=2)
-        return dist, idx
-    if self_mode:
-        if k > ru.shape[0] - 1:
-            raise ValueError(f"{msg}; k={k} exceeds the {ru.shape[0] - 1} other distinct points")
-        du, iu = _exact_knn(ru, ru, k, True, block_size, extra, method)
-        du, iu = du[inv], iu[inv]
-    else:
-        cols = torch.arange(k, device=x.device) + zero_rows.long()[:, None]
-        du, iu = du.gather(1, cols), iu.gather(1, cols)
-    if duplicates == "dedupe":
-        dist, idx = du, order[starts[iu]]
-        what = "neighbours searched among the distinct points, copies share the first occurrence's index"
-    else:
-        dist, idx = _expand(du, iu, counts, order, starts)
-        what = "zero-distance neighbours skipped, the K nearest points at positive distance returned"
-    warnings.warn(f"{msg}; duplicates={duplicates!r}: {what}.", stacklevel=2)
-    return dist, idx
+    return _resolve_duplicates(x, r, k, self_mode, duplicates, ded, dist, idx, block_size, extra, method)
