@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_GATHER_ELEMS = 1 << 23  # upper bound on gathered candidate coordinates in the exact re-ranking
+# Gathered candidate coordinates per chunk of the exact re-ranking. 2^21 keeps a chunk's float64
+# buffer (16 MiB) near the cache; at 2^23 (64 MiB) every pass over it went to DRAM and the
+# re-ranking took twice as long (N = 20000, D = 768, K = 20, one thread: 1.0 s vs 0.52 s).
+_GATHER_ELEMS = 1 << 21
 
 
 def _unit_roundoff(dtype: torch.dtype) -> float:
