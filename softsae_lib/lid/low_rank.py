@@ -41,11 +41,11 @@ _CHUNK = 4096  # rows per float64 projection chunk
 _TABLE_ELEMS = 1 << 22  # elements of one block of the filter-space distance table
 
 
-def _pca(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+def _pca(x: Tensor, perm: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
     """Eigenvalues (D,) descending (scaled to all N rows) and eigenvectors (D, D) of the covariance of
-    ``x`` (N, D), from at most 8192 rows ``perm[:8192]`` (any orthonormal basis keeps the result exact;
-    a good one keeps the filter tight)."""
-    xs = x[perm[:_BASIS_ROWS]].to(torch.float64) - x.mean(0, dtype=torch.float64)
+    ``x`` (N, D) about ``mean`` (D,) float64, from at most 8192 rows ``perm[:8192]`` (any orthonormal
+    basis keeps the result exact; a good one keeps the filter tight)."""
+    xs = x[perm[:_BASIS_ROWS]].to(torch.float64) - mean
     lam, vec = torch.linalg.eigh(xs.T @ xs)
     return lam.flip(0).clamp_min(0) * (x.shape[0] / xs.shape[0]), vec.flip(1)
 
@@ -58,7 +58,7 @@ def _perm(x: Tensor, seed: int) -> Tensor:
 def low_rank_basis(x: Tensor, r: int, seed: int = 0) -> tuple[int, Tensor]:
     """The top-``r`` PCA directions of ``x`` (N, D) as ``(r, basis)``, basis (D, r) float64 orthonormal."""
     r = max(1, min(x.shape[1] - 1, r))
-    return r, torch.linalg.qr(_pca(x, _perm(x, seed))[1][:, :r])[0]
+    return r, torch.linalg.qr(_pca(x, _perm(x, seed), x.mean(0, dtype=torch.float64))[1][:, :r])[0]
 
 
 def choose_rank(x: Tensor, k: int, tail_fraction: float = 0.05, seed: int = 0) -> tuple[int, Tensor] | None:
@@ -72,8 +72,9 @@ def choose_rank(x: Tensor, k: int, tail_fraction: float = 0.05, seed: int = 0) -
     if n < _MIN_POINTS or d < 16 or k + 3 >= n:
         return None
     perm = _perm(x, seed)
-    lam, vec = _pca(x, perm)
-    xc = (x - x.mean(0, dtype=torch.float64).to(x.dtype)).float()
+    mean = x.mean(0, dtype=torch.float64)  # one pass over x, shared by both uses
+    lam, vec = _pca(x, perm, mean)
+    xc = (x - mean.to(x.dtype)).float()
     d2 = torch.cdist(xc[perm[:_SAMPLE]], xc).square_()
     d2[torch.arange(min(_SAMPLE, n), device=x.device), perm[:_SAMPLE]] = torch.inf
     dk2 = float(d2.kthvalue(k, dim=1).values.median())

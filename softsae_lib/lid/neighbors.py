@@ -80,7 +80,9 @@ def _check(x: Tensor, name: str) -> Tensor:
         x = x.to(torch.float32)
     elif x.dtype in (torch.float16, torch.bfloat16):
         x = x.to(torch.float32)
-    if not bool(torch.isfinite(x).all()):
+    # A sum is finite when every entry is; only when it is not (NaN/inf, or finite values whose
+    # sum overflows) is the elementwise check paid for (110 ms vs 7 ms at 20000 x 768).
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
     return x
 

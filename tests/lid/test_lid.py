@@ -110,10 +110,15 @@ def test_knn_rejects_bad_input():
     x = torch.randn(10, 3)
     with pytest.raises(ValueError):
         knn(x, 10)  # only 9 other points
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="contains NaN or inf"):
         knn(torch.tensor([[0.0, math.nan]] * 3), 1)
+    with pytest.raises(ValueError, match="reference contains NaN or inf"):
+        knn(x, 2, reference=torch.tensor([[1.0, 2.0, -math.inf]] * 4))
     with pytest.raises(ValueError):
         knn(x, 2, duplicates="ignore")
+    # finite values whose float32 sum overflows are still accepted (the fast check falls back)
+    big = torch.tensor([[3e38, 0.0], [3e38, 1.0], [3e38, 3.0]])
+    assert torch.equal(knn(big, 1)[1].squeeze(1), torch.tensor([1, 0, 1]))
 
 
 # ---------------------------------------------------------------- duplicates
