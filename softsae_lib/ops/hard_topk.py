@@ -1,7 +1,8 @@
 """Hard top-k selections used at inference and in hard training phases.
 
 * ``topk_mask(x, k)``: per-row top-⌊k_b⌋ mask, the inference path of SoftSAE (docs/method.md §1.2).
-* ``per_row_topk(x, k)``: the same selection applied to x (gradients reach the kept entries).
+* ``per_row_topk(x, k)``: the same selection applied to x (gradients reach the kept entries);
+  ``per_row_topk_with_firing`` also returns which columns fired, read off the B·k selected entries.
 * ``batch_topk(x, k)``: the top-(k·B) entries over the flattened batch (BatchTopK, arXiv 2412.06410).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["topk_mask", "per_row_topk", "batch_topk"]
+__all__ = ["topk_mask", "per_row_topk", "per_row_topk_with_firing", "batch_topk"]
 
 
 def _check_no_nan(x: torch.Tensor, name: str) -> None:
@@ -65,6 +66,22 @@ def per_row_topk(x: torch.Tensor, k: torch.Tensor | float | int) -> torch.Tensor
     """x with all but the top-⌊k_b⌋ entries of each row set to zero; x: (batch, n)."""
     vals, idx, keep = _per_row_indices(x, k)
     return torch.zeros_like(x).scatter(1, idx, vals * keep)
+
+
+def per_row_topk_with_firing(x: torch.Tensor, k: torch.Tensor | float | int
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`per_row_topk` and its firing: (z (B, n), fired (n,) bool, n_fired 0-d long).
+
+    fired[j] says whether column j holds a positive entry of z in some row, n_fired counts the
+    positive entries of z: the same as ``(z > 0).any(0)`` and ``count_nonzero(z > 0)``, read off
+    the (B, ⌈k⌉) selection instead of three passes over (B, n) (a column-wise ``any`` over a
+    512 × 1024 batch costs more than the top-k itself).
+    """
+    vals, idx, keep = _per_row_indices(x, k)
+    kept = vals * keep
+    positive = kept > 0
+    fired = torch.zeros(x.shape[-1], dtype=torch.bool, device=x.device).index_fill_(0, idx[positive], True)
+    return torch.zeros_like(x).scatter(1, idx, kept), fired, torch.count_nonzero(positive)
 
 
 def batch_topk(x: torch.Tensor, k: float | int) -> torch.Tensor:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from softsae_lib.ops.hard_topk import per_row_topk
+from softsae_lib.ops.hard_topk import per_row_topk, per_row_topk_with_firing
 from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext, check_k
 
 
@@ -32,7 +32,7 @@ class TopKSAE(SAE):
 
     def loss(self, x_n: torch.Tensor, ctx: StepContext) -> LossOutput:
         r = self.pre_activations(x_n).relu_()
-        z = per_row_topk(r, int(min(ctx.k, self.dict_size)))
+        z, fired, n_fired = per_row_topk_with_firing(r, int(min(ctx.k, self.dict_size)))
         recon = self.decode_normalized(z)
         l2 = self.recon_loss(x_n, recon)
-        return LossOutput.from_active(l2, recon, r, z > 0, {"l2": l2.item()})
+        return LossOutput(l2, recon, r, fired, n_fired, {"l2": l2.item()})

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from softsae_lib.ops import batch_topk, per_row_topk, topk_mask
+from softsae_lib.ops.hard_topk import per_row_topk_with_firing
 
 K_FRAC = [0.0, 0.99, 1.0, 3.7, 12.2, 40.0]
 
@@ -135,3 +136,18 @@ def test_invalid_batch_topk_k(bad):
 def test_batch_topk_rejects_non_2d():
     with pytest.raises(ValueError, match=r"expected x of shape \(batch, n\)"):
         batch_topk(torch.randn(2, 3, 4), 1.0)
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 7.9, "per_row"])
+def test_per_row_topk_with_firing_matches_the_dense_firing(k):
+    # ties, exact zeros and negative entries: fired and n_fired must equal the (B, n) computation
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 40, generator=gen).round(decimals=1).relu()
+    x[5] = 0.0
+    x[6, :10] = -1.0
+    kk = torch.randint(0, 12, (64,), generator=gen).float() + 0.5 if k == "per_row" else k
+    z, fired, n_fired = per_row_topk_with_firing(x, kk)
+    assert torch.equal(z, per_row_topk(x, kk))
+    assert torch.equal(fired, (z > 0).any(dim=0))
+    assert int(n_fired) == int((z > 0).sum())
+    assert fired.any() == (k not in (0,))
