@@ -45,12 +45,17 @@ class SAEConfig:
     """'scale': x/c with E‖x‖² = 1 (Gemma Scope N1); 'scale_shift': (x − mean)/c; 'none'."""
     seed: int = 0
     """Seed of the parameter initialisation."""
+    encoder_init_scale: float = 1.0
+    """The encoder starts as this multiple of the decoder's transpose (1.0: exactly tied)."""
 
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.dict_size < 1:
             raise ValueError(f"d_model and dict_size must be ≥ 1, got {self.d_model}, {self.dict_size}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        scale = self.encoder_init_scale
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"encoder_init_scale must be a finite number > 0, got {scale!r}")
 
     @classmethod
     def migrate(cls, fields: dict[str, Any], train_config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -182,15 +187,16 @@ class SAE(nn.Module):
         """Create the linear SAE's parameters W_enc (d, F), b_enc (F,), W_dec (F, d), b_dec (d,).
 
         nn.Linear's default init of an F→d layer, then unit-norm atoms, encoder tied to the decoder's
-        transpose at the start (docs/method.md §1.1). An architecture with other parameters overrides
-        this (the shared code reads W_enc / W_dec / b_dec, which it may provide as properties).
+        transpose at the start, times ``config.encoder_init_scale`` (docs/method.md §1.1). An
+        architecture with other parameters overrides this (the shared code reads W_enc / W_dec /
+        b_dec, which it may provide as properties).
         """
         d, F = self.config.d_model, self.config.dict_size
         bound = 1.0 / math.sqrt(F)
         w_dec = (torch.rand(F, d, generator=gen) * 2 - 1) * bound
         w_dec = w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12) * self._init_decoder_norm()
         self.W_dec = nn.Parameter(w_dec)
-        self.W_enc = nn.Parameter(w_dec.t().clone())
+        self.W_enc = nn.Parameter(w_dec.t() * self.config.encoder_init_scale)
         self.b_enc = nn.Parameter(torch.zeros(F))
         self.b_dec = nn.Parameter(torch.zeros(d))
 

@@ -47,6 +47,8 @@ class MutualChoiceConfig(BatchTopKConfig):
     """A feature is underused when its density is below γ × its Zipf target."""
     density_beta: float = 0.99
     """EMA decay of the per-feature firing density."""
+    encoder_init_scale: float = 1.0
+    """Exactly tied init (BatchTopK's 0.1 is not measured for this architecture)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

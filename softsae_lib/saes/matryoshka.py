@@ -41,6 +41,8 @@ class MatryoshkaConfig(BatchTopKConfig):
     """Explicit group sizes s_1…s_M (sum F); overrides ``group_fractions``."""
     prefix_loss: str = "sum"
     """'sum': paper's Σ_j ‖x − x̂⁽ʲ⁾‖²; 'mean': the same divided by the number of groups M."""
+    encoder_init_scale: float = 1.0
+    """Exactly tied init (BatchTopK's 0.1 is not measured for this architecture)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -19,6 +19,8 @@ from softsae_lib.saes import (
     make_sae,
 )
 from softsae_lib.saes.auxk import auxk_loss
+from softsae_lib.saes.batch_topk import BatchTopKConfig
+from softsae_lib.saes.matryoshka import MatryoshkaConfig
 
 D, F, K = 8, 32, 4
 ARCH_KW = {
@@ -100,7 +102,9 @@ def test_init_deterministic_from_seed_and_independent_of_global_rng(arch: str) -
 def test_tied_init_and_decoder_norms(arch: str) -> None:
     m = _make(arch, seed=3)
     assert m.W_enc.shape == (D, F) and m.W_dec.shape == (F, D)
-    assert torch.equal(m.W_enc.detach(), m.W_dec.detach().t())
+    scale = 0.1 if arch == "batch_topk" else 1.0  # BatchTopKConfig.encoder_init_scale
+    assert m.config.encoder_init_scale == scale
+    torch.testing.assert_close(m.W_enc.detach(), scale * m.W_dec.detach().t(), atol=0, rtol=0)
     assert m.W_enc.data_ptr() != m.W_dec.data_ptr()  # tied only at init
     assert torch.count_nonzero(m.b_enc) == 0 and torch.count_nonzero(m.b_dec) == 0
     expected_norm = 0.1 if arch == "relu" else 1.0
@@ -108,6 +112,18 @@ def test_tied_init_and_decoder_norms(arch: str) -> None:
     # Atoms are not all the same direction (a real random init).
     cos = (m.W_dec / m.W_dec.norm(dim=1, keepdim=True)) @ (m.W_dec / m.W_dec.norm(dim=1, keepdim=True)).t()
     assert (cos - torch.eye(F)).abs().max() < 0.999
+
+
+def test_encoder_init_scale_config_and_migration() -> None:
+    m = _make("topk", seed=3, encoder_init_scale=0.5)
+    torch.testing.assert_close(m.W_enc.detach(), 0.5 * m.W_dec.detach().t(), atol=0, rtol=0)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="encoder_init_scale"):
+            _make("topk", encoder_init_scale=bad)
+    # A BatchTopK config saved before the field existed was initialised exactly tied.
+    assert BatchTopKConfig.migrate({"d_model": D, "dict_size": F, "k": K})["encoder_init_scale"] == 1.0
+    assert BatchTopKConfig.migrate({"encoder_init_scale": 0.1})["encoder_init_scale"] == 0.1
+    assert MatryoshkaConfig(d_model=D, dict_size=F, k=K).encoder_init_scale == 1.0
 
 
 def test_soft_k_estimator_first_layer_is_a_separate_copy_of_w_enc() -> None:
