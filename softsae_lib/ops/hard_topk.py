@@ -3,14 +3,15 @@
 * ``topk_mask(x, k)``: per-row top-⌊k_b⌋ mask, the inference path of SoftSAE (docs/method.md §1.2).
 * ``per_row_topk(x, k)``: the same selection applied to x (gradients reach the kept entries);
   ``per_row_topk_with_firing`` also returns which columns fired, read off the B·k selected entries.
-* ``batch_topk(x, k)``: the top-(k·B) entries over the flattened batch (BatchTopK, arXiv 2412.06410).
+* ``batch_topk(x, k)``: the top-(k·B) entries over the flattened batch (BatchTopK, arXiv 2412.06410);
+  ``batch_topk_with_firing`` also returns the firing and the smallest positive kept entry.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["topk_mask", "per_row_topk", "per_row_topk_with_firing", "batch_topk"]
+__all__ = ["topk_mask", "per_row_topk", "per_row_topk_with_firing", "batch_topk", "batch_topk_with_firing"]
 
 
 def _check_no_nan(x: torch.Tensor, name: str) -> None:
@@ -86,6 +87,28 @@ def per_row_topk_with_firing(x: torch.Tensor, k: torch.Tensor | float | int
 
 def batch_topk(x: torch.Tensor, k: float | int) -> torch.Tensor:
     """Keep the ⌊k·batch⌋ largest entries of the whole (batch, n) tensor, zero the rest."""
+    return _batch_topk_selection(x, k)[0]
+
+
+def batch_topk_with_firing(x: torch.Tensor, k: float | int
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`batch_topk` with (fired (n,) bool, n_fired 0-d long, kept_min 0-d): the columns with a
+    positive kept entry, the number of positive kept entries, and the smallest positive kept entry
+    (+∞ when there is none), all read off the ⌊k·B⌋ selected entries instead of passes over the
+    (B, n) batch; the same values as ``(z > 0).any(0)``, ``count_nonzero(z > 0)`` and
+    ``x[z > 0].min()``.
+    """
+    z, vals, idx = _batch_topk_selection(x, k)
+    positive = vals > 0
+    fired = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+    fired.index_fill_(0, idx[positive] % x.shape[1], True)
+    inf = x.new_tensor(torch.inf)
+    kept_min = torch.where(positive, vals, inf).min() if vals.numel() else inf
+    return z, fired, torch.count_nonzero(positive), kept_min
+
+
+def _batch_topk_selection(x: torch.Tensor, k: float | int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z (B, n), vals, flat idx): the kept entries of :func:`batch_topk` and where they are."""
     if x.dim() != 2:
         raise ValueError(f"expected x of shape (batch, n), got {tuple(x.shape)}")
     if not 0 <= float(k) <= x.shape[1]:  # also rejects NaN; int() would truncate −0.5·B to 0
@@ -95,4 +118,4 @@ def batch_topk(x: torch.Tensor, k: float | int) -> torch.Tensor:
     total = min(int(k * x.shape[0]), x.numel())
     flat = x.reshape(-1)
     vals, idx = torch.topk(flat, total, sorted=False)
-    return torch.zeros_like(flat).scatter(0, idx, vals).reshape(x.shape)
+    return torch.zeros_like(flat).scatter(0, idx, vals).reshape(x.shape), vals, idx

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from softsae_lib.ops.hard_topk import batch_topk
+from softsae_lib.ops.hard_topk import batch_topk, batch_topk_with_firing
 from softsae_lib.saes.base import SAE, LossOutput, SAEConfig, StepContext, check_k
 
 
@@ -94,11 +94,11 @@ class BatchTopKSAE(SAE):
 
     def loss(self, x_n: torch.Tensor, ctx: StepContext) -> LossOutput:
         r = self.pre_activations(x_n).relu_()
-        z = batch_topk(r, min(ctx.k, self.dict_size))
+        z, fired, n_fired, kept_min = batch_topk_with_firing(r, min(ctx.k, self.dict_size))
         recon = self.decode_normalized(z)
         l2 = self.recon_loss(x_n, recon)
-        return LossOutput.from_active(l2, recon, r, z > 0,
-                                      {"l2": l2.item(), "threshold": float(self.threshold)})
+        return LossOutput(l2, recon, r, fired, n_fired, {"l2": l2.item(), "threshold": float(self.threshold)},
+                          active=z > 0, extras={"kept_min": kept_min})
 
     @torch.no_grad()
     def after_step(self, out: LossOutput, ctx: StepContext) -> None:
@@ -106,10 +106,15 @@ class BatchTopKSAE(SAE):
         start = min(1000, ctx.total_steps // 2) if start is None else start
         if ctx.step < start:
             return
-        kept = out.pre_acts[out.active]
-        if kept.numel() == 0:
-            return
-        m = kept.min()
+        if "kept_min" in out.extras:  # read off the selection by loss()
+            m = out.extras["kept_min"]
+            if torch.isinf(m):
+                return
+        else:  # subclasses that report their (B, F) selection
+            kept = out.pre_acts[out.active]
+            if kept.numel() == 0:
+                return
+            m = kept.min()
         beta = self.config.threshold_beta
         self.threshold.copy_(m if self.threshold < 0 else beta * self.threshold + (1 - beta) * m)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from softsae_lib.ops import batch_topk, per_row_topk, topk_mask
-from softsae_lib.ops.hard_topk import per_row_topk_with_firing
+from softsae_lib.ops.hard_topk import batch_topk_with_firing, per_row_topk_with_firing
 
 K_FRAC = [0.0, 0.99, 1.0, 3.7, 12.2, 40.0]
 
@@ -151,3 +151,15 @@ def test_per_row_topk_with_firing_matches_the_dense_firing(k):
     assert torch.equal(fired, (z > 0).any(dim=0))
     assert int(n_fired) == int((z > 0).sum())
     assert fired.any() == (k not in (0,))
+
+
+@pytest.mark.parametrize("k", [0, 0.5, 3, 40])
+def test_batch_topk_with_firing_matches_the_dense_firing(k):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(32, 40, generator=gen).round(decimals=1).relu()
+    z, fired, n_fired, kept_min = batch_topk_with_firing(x, k)
+    assert torch.equal(z, batch_topk(x, k))
+    assert torch.equal(fired, (z > 0).any(dim=0))
+    assert int(n_fired) == int((z > 0).sum())
+    kept = x[z > 0]
+    assert float(kept_min) == (float(kept.min()) if kept.numel() else math.inf)
