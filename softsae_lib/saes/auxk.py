@@ -25,10 +25,13 @@ def auxk_loss(pre_acts: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor
     if k == 0:
         return pre_acts.new_zeros(())
     e = residual.detach()
-    masked = torch.where(dead, pre_acts, torch.zeros_like(pre_acts))
-    vals, idx = masked.topk(k, dim=-1, sorted=False)
-    z_aux = torch.zeros_like(pre_acts).scatter(-1, idx, vals)
-    e_hat = z_aux @ W_dec
+    # Only the dead columns take part: select and decode among them, (B, n_dead) instead of (B, F)
+    # (usually a small fraction of the dictionary; the same values as masking the live ones to 0,
+    # whose pre-activations are ≥ 0 and lose any tie to a dead one without changing ê).
+    cols = dead.nonzero().squeeze(1)
+    acts = pre_acts.index_select(1, cols)
+    vals, idx = acts.topk(k, dim=-1, sorted=False)
+    e_hat = torch.zeros_like(acts).scatter(-1, idx, vals) @ W_dec.index_select(0, cols)
     num = (e - e_hat).pow(2).sum(dim=-1).mean()
     den = (e - e.mean(dim=0)).pow(2).sum(dim=-1).mean()
     return torch.nan_to_num(num / den, nan=0.0, posinf=0.0, neginf=0.0)
