@@ -156,7 +156,9 @@ class GateOutput(NamedTuple):
     ties; +∞ when ⌊k⌋ = 0)."""
     top: torch.Tensor
     """(..., K) long: positions of each row's K largest entries in descending order of x, with
-    K = the window size (> ⌊k⌋ unless K = n); its first ⌊k⌋ columns are the hard top-⌊k⌋."""
+    K the window the forward pass used: ``window`` when given, else ⌈k_max⌉ + 9 or, when the
+    threshold falls outside that, ``window_size(k_max, n)`` (K > ⌊k_max⌋ unless K = n); its first
+    ⌊k⌋ columns are the hard top-⌊k⌋."""
 
 
 def soft_topk_gate(x: torch.Tensor, k: torch.Tensor | float, alpha: float,

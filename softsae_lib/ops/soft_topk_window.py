@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from softsae_lib.ops.soft_topk_threshold import Threshold, solve_threshold
+from softsae_lib.ops.soft_topk_threshold import Threshold, exp_no_subnormal, solve_threshold
 
 __all__ = ["Forward", "lapsum_forward", "window_size"]
 
@@ -39,10 +39,6 @@ def window_size(k_max: float, n: int) -> int:
 # Extra columns of the first, narrow window beyond ⌈k_max⌉ + 1 (see lapsum_forward).
 _WINDOW_MARGIN = 8
 
-
-def _laplace_cdf(u: torch.Tensor) -> torch.Tensor:
-    e = 0.5 * torch.exp(-u.abs())
-    return torch.where(u > 0, 1.0 - e, e)
 
 
 
@@ -84,8 +80,8 @@ def lapsum_forward(x: torch.Tensor, k: torch.Tensor, alpha: float, window: int |
     first: ``topk`` costs grow with K (K = 130 takes ~1.4× K = 64 at n = 16384), and at small α
     the threshold sits a few ranks below k. The result is exact whenever Φ(s_{K−1}) > k in every
     row (t then lies inside the window, all the math below only needs that); otherwise the
-    batch is redone with the provably sufficient window 2⌈k_max⌉ + 2. The gate always uses the
-    latter, since it returns the window's positions.
+    batch is redone with the provably sufficient window 2⌈k_max⌉ + 2. Either window is wider
+    than ⌊k_max⌋, so the gate's positions always hold the hard top-⌊k⌋.
     """
     B, n = x.shape
     wdt = torch.float64 if x.device.type != "mps" else torch.float32
@@ -95,8 +91,7 @@ def lapsum_forward(x: torch.Tensor, k: torch.Tensor, alpha: float, window: int |
     k_max = float(kk.max())
     K_safe = window_size(k_max, n)
     K_narrow = min(n, math.ceil(k_max) + 1 + _WINDOW_MARGIN)
-    # The gate promises callers the full window_size(k_max) columns of positions (GateOutput.top).
-    if K_narrow < K_safe and not gate:
+    if K_narrow < K_safe:
         f = forward_on_window(x, kk, alpha, K_narrow, blocks, gate, wdt, check=True)
         if f is not None:
             return f
@@ -182,10 +177,12 @@ def _on_window(s64: torch.Tensor, kk: torch.Tensor, n: int, th: Threshold, tail:
                                         (s64[:, -1] - ref) / alpha - off))
     u_win = torch.where(special.unsqueeze(1), (s64 - t.unsqueeze(1)) / alpha,
                         (s64 - ref.unsqueeze(1)) / alpha - off.unsqueeze(1))
-    q_win = 0.5 * torch.exp(-u_win.abs()) / alpha
+    # Laplace density and CDF share e = ½e^{−|u|}: q = e/α, p = 1 − e above t and e below.
+    e = 0.5 * exp_no_subnormal(-u_win.abs())
+    q_win = e / alpha
     # Σ_j q_j: the tail's q is p/α, and the tail's Σp is γ·T.
     S = (gamma * tail) / alpha + q_win.sum(dim=1)
-    return _Window(t, gamma, _laplace_cdf(u_win), q_win, S)
+    return _Window(t, gamma, torch.where(u_win > 0, 1.0 - e, e), q_win, S)
 
 
 def _kth(s: torch.Tensor, kk: torch.Tensor) -> torch.Tensor:
@@ -194,9 +191,9 @@ def _kth(s: torch.Tensor, kk: torch.Tensor) -> torch.Tensor:
     return torch.where(kk >= 1, s.gather(1, rank.unsqueeze(1)).squeeze(1), torch.full_like(s[:, 0], math.inf))
 
 
-# Rows are tried on the tail-free path when the window's last value sits this many α below the
-# value at rank ⌈k⌉ (a guess only: the path verifies its own conditions). e^-745 underflows float64.
-_TAIL_FREE_GAP = 760.0
+# Rows are tried on the tail-free path when the window's last value sits at least this many α below
+# the value at rank ⌈k⌉ (a guess only: the path verifies its own conditions): then γ < flush.
+_TAIL_FREE_GAP = {dtype: -math.log(flush) for dtype, flush in _FLUSH_BELOW.items()}
 
 
 def _tail_free(x: torch.Tensor, s: torch.Tensor, s64: torch.Tensor, win_idx: torch.Tensor,
@@ -204,11 +201,13 @@ def _tail_free(x: torch.Tensor, s: torch.Tensor, s64: torch.Tensor, win_idx: tor
                check: bool) -> Forward | None:
     """The forward pass without touching the tail, or None where it does not provably apply.
 
-    At small α the window's last value lies hundreds of α below t, so every off-window term
-    γ·e^{(x_j − s_{K−1})/α} has γ = ½e^{(s_{K−1} − t)/α} = 0 exactly in float64: off-window p is 0
-    (the full path flushes it to 0 too), the tail adds 0 to S, and T (any value in [0, n − K]:
-    each term is ≤ 1) leaves t unchanged (``solve_threshold``'s ``stable``). Then p and z are zero
-    but for the window, and the results equal the full path's, which computes T in a full pass.
+    At small α the window's last value lies many α below t, so every off-window term
+    γ·e^{(x_j − s_{K−1})/α} ≤ γ = ½e^{(s_{K−1} − t)/α} is below the flush level: the full path
+    returns off-window p = 0 exactly (it zeroes γ there). It is accepted here when, moreover,
+    any tail sum T in [0, n − K] (each term is ≤ 1) leaves t unchanged (``solve_threshold``'s
+    ``stable``) and leaves S = γT/α + Σ_window q unchanged in float64. Then p and z are zero but
+    for the window, and every result (gradients included) equals the full path's bit for bit,
+    without its two passes over x.
     """
     B, n = x.shape
     K = s.shape[1]
@@ -216,12 +215,14 @@ def _tail_free(x: torch.Tensor, s: torch.Tensor, s64: torch.Tensor, win_idx: tor
     if bool(full_rows.any()):
         return None
     at_k = s64.gather(1, k_safe.ceil().long().clamp(max=K - 1).unsqueeze(1)).squeeze(1)
-    if not bool((zero_rows | ((s64[:, -1] - at_k) / alpha < -_TAIL_FREE_GAP)).all()):
+    if not bool((zero_rows | ((s64[:, -1] - at_k) / alpha < -_TAIL_FREE_GAP[x.dtype])).all()):
         return None
     tail = torch.zeros_like(k_safe)
     th = solve_threshold(s64, tail, k_safe, alpha, n, tail_hi=float(n - K))
     w = _on_window(s64, kk, n, th, tail, alpha)
-    if not bool((zero_rows | (th.stable & (w.gamma == 0))).all()):
+    S_hi = (w.gamma * float(n - K)) / alpha + w.S  # the largest S any tail could give
+    negligible = (w.gamma < _FLUSH_BELOW[x.dtype]) & (S_hi == w.S)
+    if not bool((zero_rows | (th.stable & negligible)).all()):
         return None
     # Φ(s_{K−1}) at T = 0 is a lower bound: accepted here means accepted with the true T; a
     # rejection is left to the full path, which knows T.
