@@ -90,6 +90,7 @@ def seed_frames(runs: Runs, **truth) -> dict[int, pd.DataFrame]:
 # ---------------------------------------------------------------------------------------- ablations
 ABLATIONS: dict[str, str] = {
     "twice_the_steps": "the same recipe trained twice as many steps: does the result survive a longer run?",
+    "half_the_steps": "the same recipe trained half as many steps: does the result depend on the step count?",
     "alpha_annealed": "α annealed 1 → α over the first 20% of the steps (the LLM recipe) instead of fixed",
     "k_max_4k": "k̂'s upper end k_max = 4k instead of 2k",
     "no_hard_phase": "no final hard top-⌊k̂⌋ phase (instead of the last 10% of the steps)",
@@ -99,11 +100,14 @@ ABLATIONS: dict[str, str] = {
 }
 """SoftSAE recipe variants (name → what changes); each is trained once on the manifold arm."""
 
+STEP_CONTROLS: dict[str, float] = {"twice_the_steps": 2.0, "half_the_steps": 0.5}
+"""The ablations that change only the number of steps (name → factor on ``steps``)."""
+
 
 def _ablation_settings(name: str, p: SAEExperiment) -> tuple[SAEExperiment, dict]:
     """(experiment settings, SoftSAE config kwargs) of ablation ``name``."""
-    if name == "twice_the_steps":
-        return p.replace(steps=2 * p.steps), {"k": p.k}
+    if name in STEP_CONTROLS:
+        return p.replace(steps=max(1, round(STEP_CONTROLS[name] * p.steps))), {"k": p.k}
     if name == "alpha_annealed":
         return p.replace(alpha_anneal_fraction=0.2), {"k": p.k}
     if name == "k_max_4k":

@@ -22,6 +22,8 @@ def test_each_ablation_changes_one_thing_and_unknown_names_fail_before_training(
     assert all(job.args[3].seed == 3 for job in jobs.values())  # the first seed
     longer, config = _ablation_settings("twice_the_steps", p)
     assert longer.steps == 2 * p.steps and config == {"k": p.k} and longer.replace(steps=p.steps) == p
+    shorter, config = _ablation_settings("half_the_steps", p)
+    assert shorter.steps == p.steps // 2 and config == {"k": p.k} and shorter.replace(steps=p.steps) == p
     annealed, _ = _ablation_settings("alpha_annealed", p)
     assert annealed.alpha_anneal_fraction == 0.2 and annealed.steps == p.steps
     assert _ablation_settings("no_hard_phase", p)[1]["hard_phase_fraction"] == 0.0
