@@ -89,7 +89,7 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
                               lid_ks=(5, 10, 20), lid_ns=(300, 800), explain_n=300),
         "local": LMExperiment(model="smollm2-135m", layer=15, text="offline", context_len=128,
                               train_tokens=300_000, test_tokens=8000, dict_size=2048, k_grid=(16, 32),
-                              steps=1200, batch_size=256, lr=1e-3, ce_windows=16, lid_n=5000, progress=False,
+                              steps=1000, batch_size=256, lr=1e-3, ce_windows=16, lid_n=5000, progress=False,
                               workers=2, explain_n=2000),
         "paper": LMExperiment(model="gpt2", layer=6, text="hf:HuggingFaceFW/fineweb:sample-10BT:train",
                               max_documents=200_000, context_len=128, capture_batch=64,

@@ -54,6 +54,8 @@ class TrainResult:
 
 
 def _check_batch(x: torch.Tensor, step: int) -> None:
+    if torch.isfinite(x.sum()):  # one reduction (~15x cheaper); finite values can still overflow it
+        return
     finite = torch.isfinite(x)
     if not finite.all():
         bad = (~finite).nonzero()[0].tolist()

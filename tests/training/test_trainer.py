@@ -295,6 +295,18 @@ def test_nan_batch_raises_naming_step() -> None:
         train_sae(_model("topk"), batches, _cfg(steps=6, normalization_batches=6))
 
 
+def test_batch_check_passes_finite_values_whose_sum_overflows() -> None:
+    """The fast check sums the batch; a finite batch whose sum is inf must still pass, and one
+    non-finite value among such values must still be found and named."""
+    from softsae_lib.training.trainer import _check_batch
+
+    x = torch.full((4, 3), 3e38)  # finite float32; the sum is +inf
+    _check_batch(x, 0)
+    x[2, 1] = float("-inf")
+    with pytest.raises(TrainingError, match=r"step 7: input batch has 1 NaN/Inf.*row 2, column 1"):
+        _check_batch(x, 7)
+
+
 def test_huge_lr_diverges_with_step_named() -> None:
     m = _model("topk")
     with pytest.raises(TrainingError, match="step 1: reconstruction loss .* diverged"):
