@@ -72,15 +72,15 @@ class Threshold(NamedTuple):
 
 
 def solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha: float, n: int,
-                    tail_hi: float | None = None) -> Threshold:
+                    tail_hi: float | torch.Tensor | None = None) -> Threshold:
     """Threshold t per row from the sorted window (see :class:`Threshold`).
 
     s: (B, K) descending window values (float64); tail: (B,) T relative to s_{K−1};
     k: (B,) budgets in (0, n). T enters ref and off only through ln(1 + A) at two knots (the
     bracket's lower end and the first) and the bracket itself; with ``tail_hi`` those are also
-    computed for T = tail_hi, and a row whose values agree at both ends is ``stable``: every
-    intermediate T gives the same result (each is a monotone function of T, A = A(0) + T·∂A/∂T),
-    so T need not be known exactly.
+    computed for T = tail_hi (a number, or (B,) per row), and a row whose values agree at both
+    ends is ``stable``: every intermediate T gives the same result (each is a monotone function
+    of T, A = A(0) + T·∂A/∂T), so T need not be known exactly.
     """
     B, K = s.shape
     rows = torch.arange(B, device=s.device)
@@ -126,7 +126,8 @@ def solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha:
     ref = torch.where(upper, s[:, 0], torch.where(lower, s[:, -1], ref))
     stable = None
     if tail_hi is not None:  # T enters through the bracket and ln(1 + A) at l + 1 and at 0
-        a_hi = torch.add(a_free, a_gain, alpha=tail_hi)
+        a_hi = (torch.addcmul(a_free, a_gain, tail_hi) if isinstance(tail_hi, torch.Tensor)
+                else torch.add(a_free, a_gain, alpha=tail_hi))
         phi_hi = idx + 0.5 + 0.5 * (a_hi - b_sums)
         stable = (phi_hi <= k).sum(dim=0) == cnt
         stable &= (torch.log1p(a_hi[l1, rows]) == ln1a) & (torch.log1p(a_hi[0]) == ln1a_first)

@@ -8,7 +8,9 @@ computed from the same buffer as T with one multiply, and their derivative q_j =
 second exponential in the backward pass. Window elements are recomputed in float64.
 
 The full-size work is two passes over x in blocks of rows chosen by the caller (see
-``soft_topk._row_blocks``): the tail sum, then p (and the gate's z = x ⊙ p) once t is known.
+``soft_topk._row_blocks``): the tail sum, then p (and the gate's z = x ⊙ p) once t is known. Rows
+whose tail provably carries nothing (see ``_tail_free_rows``) skip both passes; only the others
+(often a handful of a batch) are gathered and run through them.
 """
 
 from __future__ import annotations
@@ -36,10 +38,9 @@ def window_size(k_max: float, n: int) -> int:
     """Size K of the top-K window that provably contains the threshold for every k ≤ k_max."""
     return min(n, 2 * math.ceil(k_max) + 2)
 
+
 # Extra columns of the first, narrow window beyond ⌈k_max⌉ + 1 (see lapsum_forward).
 _WINDOW_MARGIN = 8
-
-
 
 
 @dataclass
@@ -54,7 +55,15 @@ class Forward:
     t: torch.Tensor  # (B,) threshold, ±∞ for k = 0 or n
     kth: torch.Tensor  # (B,) the ⌊k⌋-th largest value (the hard top-⌊k⌋ cut), +∞ when ⌊k⌋ = 0
     z: torch.Tensor | None = None  # (B, n) x ⊙ p, only for the gate
-    tail_free: bool = False  # p = 0 off the window, exactly (see _tail_free)
+    rows: torch.Tensor | None = None  # (m,) rows whose tail carries weight; None: every row
+    p_tail: torch.Tensor | None = None  # (m, n) p on ``rows`` (None when m = 0): what the
+    # backward pass needs beyond the window; every other row has p = q = 0 off its window
+
+
+def sub_blocks(blocks: list[slice], m: int) -> list[slice]:
+    """Row slices over range(m) of the same size as ``blocks``' (the caller's choice for B rows)."""
+    size = max(1, blocks[0].stop - blocks[0].start) if blocks else max(1, m)
+    return [slice(i, min(m, i + size)) for i in range(0, m, size)]
 
 
 def _tail_exp(x: torch.Tensor, s_last: torch.Tensor, alpha: float, out: torch.Tensor) -> torch.Tensor:
@@ -104,7 +113,9 @@ def forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, b
 
     x: (B, n); kk: (B,) budgets in wdt. Everything but two passes over x lives on the (B, K)
     window: the tail sum T, then p (and z) once t is known, both in blocks of rows (``blocks``).
-    When the tail provably carries nothing (see _tail_free), neither pass is needed.
+    Only the rows whose tail may carry weight take these passes (gathered; rows are independent):
+    at small α most rows' window ends many α below t, and their tail is provably negligible
+    (see _tail_free_rows). Every result equals the all-rows passes' bit for bit.
     """
     B, n = x.shape
     if K < n:
@@ -115,34 +126,83 @@ def forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, b
     zero_rows = kk <= 0
     full_rows = kk >= n
     k_safe = torch.where(zero_rows | full_rows, torch.full_like(kk, n / 2), kk)
-    if K < n:
-        f = _tail_free(x, s, s64, win_idx, kk, k_safe, alpha, gate, check)
-        if f is not None:
-            return f
-    # Tail sum T = Σ_{j ∉ window} e^{(x_j − s_{K−1})/α}, block by block; the exponentials are
-    # kept in the output buffer and turned into p in place once t is known.
-    s_last = s[:, -1:]
+    likely = _likely_tail_free(s64, kk, k_safe, alpha, n, x.dtype) if K < n else None
+    if likely is None or 2 * int(likely.sum()) < B:
+        return _full_forward(x, s, s64, win_idx, kk, k_safe, alpha, blocks, gate, check)
+    # One threshold solve for every row: with the exact T on the rows that need their tail (one
+    # pass over those rows only), with T = 0 and the check over every T in [0, n − K] elsewhere.
+    rows = (~likely).nonzero().squeeze(1)
+    m = rows.numel()
+    tail = torch.zeros_like(k_safe)
+    if m:
+        exps, tail_r = _tail_pass(x.index_select(0, rows), s.index_select(0, rows)[:, -1:],
+                                  win_idx.index_select(0, rows), alpha, sub_blocks(blocks, m))
+        tail.index_copy_(0, rows, tail_r.to(wdt))
+    th = solve_threshold(s64, tail, k_safe, alpha, n, tail_hi=torch.where(likely, float(n - K), tail))
+    w = _on_window(s64, kk, n, th, tail, alpha)
+    ok_phi = (th.phi_last > k_safe + 0.5) | zero_rows | full_rows  # t inside the window
+    if check and not bool(ok_phi[rows].all()):
+        return None
+    free = _tail_free_rows(w, th, likely, zero_rows, full_rows, alpha, n, K, x.dtype)
+    if check:
+        # Φ(s_{K−1}) at T = 0 is a lower bound: accepted here means accepted with the true T; a
+        # rejected row is left to the full passes, which know T.
+        free &= ok_phi
+    late = (likely & ~free).nonzero().squeeze(1)  # looked tail-free, but not provably: rare
+    # Tail-free rows: p = z = 0 but for the window (negligible window p flushed as the full path does).
+    p_win_x = torch.nn.functional.threshold(w.p_win.to(x.dtype), _FLUSH_BELOW[x.dtype], 0.0)
+    out = torch.zeros_like(x).scatter_(1, win_idx, s * p_win_x if gate else p_win_x)
+    p_win, q_win, S, t = w.p_win, w.q_win, w.S, w.t
+    tail_rows, p_tail = [], []
+    if m:
+        p_r, z_r = _p_pass(x.index_select(0, rows), exps, win_idx.index_select(0, rows),
+                           w.gamma.index_select(0, rows), p_win.index_select(0, rows),
+                           sub_blocks(blocks, m), gate)
+        out.index_copy_(0, rows, z_r if gate else p_r)
+        tail_rows.append(rows)
+        p_tail.append(p_r)
+    if late.numel():
+        sub = _full_forward(x.index_select(0, late), s.index_select(0, late), s64.index_select(0, late),
+                            win_idx.index_select(0, late), kk.index_select(0, late),
+                            k_safe.index_select(0, late), alpha, sub_blocks(blocks, late.numel()), gate, check)
+        if sub is None:
+            return None
+        out.index_copy_(0, late, sub.z if gate else sub.p)
+        p_win, q_win = p_win.index_copy(0, late, sub.p_win), q_win.index_copy(0, late, sub.q_win)
+        S, t = S.index_copy(0, late, sub.S), t.index_copy(0, late, sub.t)
+        tail_rows.append(late)
+        p_tail.append(sub.p)
+    return Forward(None if gate else out, win_idx, p_win, q_win, S, t, _kth(s, kk), out if gate else None,
+                   rows=torch.cat(tail_rows) if tail_rows else rows,
+                   p_tail=torch.cat(p_tail) if len(p_tail) > 1 else (p_tail[0] if p_tail else None))
+
+
+def _tail_pass(x: torch.Tensor, s_last: torch.Tensor, win_idx: torch.Tensor, alpha: float,
+               blocks: list[slice]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e^{(x_j − s_{K−1})/α} with the window zeroed: (R, n), T = its row sums: (R,) in x's dtype),
+    block by block; the exponentials are turned into p in place by :func:`_p_pass`."""
     buf = torch.empty_like(x)
-    tail_x = x.new_empty(B)
+    tail_x = x.new_empty(x.shape[0])
     for rb in blocks:
         b = _tail_exp(x[rb], s_last[rb], alpha, buf[rb])
         b.scatter_(1, win_idx[rb], 0.0)
         torch.sum(b, dim=1, out=tail_x[rb])
-    tail = tail_x.to(wdt)
-    th = solve_threshold(s64, tail, k_safe, alpha, n)
-    # Half a unit of slack keeps rounding in Φ from accepting a window that t only grazes.
-    if check and not bool(((th.phi_last > k_safe + 0.5) | zero_rows | full_rows).all()):
-        return None
-    w = _on_window(s64, kk, n, th, tail, alpha)
-    # Off-window p = e^u·γ. Entries with e^u below flush/γ give p < 2^-100 and are flushed
-    # below; raising them to (just under) flush/γ first keeps every product a normal number (a
-    # denormal product costs a ~100-cycle microcode assist per element, and most of a row sits
-    # on the floor), so p is bit for bit the plain product, flushed. When γ itself is below the
-    # flush level the whole tail is zero: γ is set to 0 rather than left as a denormal factor.
+    return buf, tail_x
+
+
+def _p_pass(x: torch.Tensor, buf: torch.Tensor, win_idx: torch.Tensor, gamma: torch.Tensor,
+            p_win: torch.Tensor, blocks: list[slice], gate: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(p, z = x ⊙ p or None): (R, n) each, p written over ``buf`` (the tail's exponentials) with
+    off-window p = e^u·γ and the window's ``p_win`` (float64, (R, K))."""
+    # Entries with e^u below flush/γ give p < 2^-100 and are flushed below; raising them to
+    # (just under) flush/γ first keeps every product a normal number (a denormal product costs
+    # a ~100-cycle microcode assist per element, and most of a row sits on the floor), so p is
+    # bit for bit the plain product, flushed. When γ itself is below the flush level the whole
+    # tail is zero: γ is set to 0 rather than left as a denormal factor.
     flush = _FLUSH_BELOW[x.dtype]
-    raise_to = (flush * (1 - 1e-5) / w.gamma).clamp(max=1.0).to(x.dtype).unsqueeze(1)
-    gamma_x = torch.where(w.gamma < flush, torch.zeros_like(w.gamma), w.gamma).to(x.dtype).unsqueeze(1)
-    p_win_x = w.p_win.to(x.dtype)
+    raise_to = (flush * (1 - 1e-5) / gamma).clamp(max=1.0).to(x.dtype).unsqueeze(1)
+    gamma_x = torch.where(gamma < flush, torch.zeros_like(gamma), gamma).to(x.dtype).unsqueeze(1)
+    p_win_x = p_win.to(x.dtype)
     z = torch.empty_like(x) if gate else None
     for rb in blocks:
         b = torch.maximum(buf[rb], raise_to[rb], out=buf[rb]).mul_(gamma_x[rb])
@@ -154,7 +214,24 @@ def forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, b
         torch.nn.functional.threshold_(b, flush, 0.0)
         if z is not None:
             torch.mul(x[rb], b, out=z[rb])
-    return Forward(buf, win_idx, w.p_win, w.q_win, w.S, w.t, _kth(s, kk), z)
+    return buf, z
+
+
+def _full_forward(x: torch.Tensor, s: torch.Tensor, s64: torch.Tensor, win_idx: torch.Tensor,
+                  kk: torch.Tensor, k_safe: torch.Tensor, alpha: float, blocks: list[slice], gate: bool,
+                  check: bool) -> Forward | None:
+    """The forward pass with the two passes over the tail, for every row of x: (R, n)."""
+    n = x.shape[1]
+    zero_rows, full_rows = kk <= 0, kk >= n
+    buf, tail_x = _tail_pass(x, s[:, -1:], win_idx, alpha, blocks)
+    tail = tail_x.to(s64.dtype)
+    th = solve_threshold(s64, tail, k_safe, alpha, n)
+    # Half a unit of slack keeps rounding in Φ from accepting a window that t only grazes.
+    if check and not bool(((th.phi_last > k_safe + 0.5) | zero_rows | full_rows).all()):
+        return None
+    w = _on_window(s64, kk, n, th, tail, alpha)
+    p, z = _p_pass(x, buf, win_idx, w.gamma, w.p_win, blocks, gate)
+    return Forward(p, win_idx, w.p_win, w.q_win, w.S, w.t, _kth(s, kk), z, rows=None, p_tail=p)
 
 
 class _Window(NamedTuple):
@@ -191,44 +268,31 @@ def _kth(s: torch.Tensor, kk: torch.Tensor) -> torch.Tensor:
     return torch.where(kk >= 1, s.gather(1, rank.unsqueeze(1)).squeeze(1), torch.full_like(s[:, 0], math.inf))
 
 
-# Rows are tried on the tail-free path when the window's last value sits at least this many α below
-# the value at rank ⌈k⌉ (a guess only: the path verifies its own conditions): then γ < flush.
+# Rows are tried on the tail-free path when their window's last value lies at least this many α below
+# the value at rank ⌈k⌉ (a guess only: each row's conditions are verified): then γ < flush.
 _TAIL_FREE_GAP = {dtype: -math.log(flush) for dtype, flush in _FLUSH_BELOW.items()}
 
 
-def _tail_free(x: torch.Tensor, s: torch.Tensor, s64: torch.Tensor, win_idx: torch.Tensor,
-               kk: torch.Tensor, k_safe: torch.Tensor, alpha: float, gate: bool,
-               check: bool) -> Forward | None:
-    """The forward pass without touching the tail, or None where it does not provably apply.
+def _likely_tail_free(s64: torch.Tensor, kk: torch.Tensor, k_safe: torch.Tensor, alpha: float, n: int,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """(B,) bool: rows whose tail will probably prove negligible (k = 0, or a wide gap below rank ⌈k⌉)."""
+    K = s64.shape[1]
+    at_k = s64.gather(1, k_safe.ceil().long().clamp(max=K - 1).unsqueeze(1)).squeeze(1)
+    return (kk <= 0) | (((s64[:, -1] - at_k) / alpha < -_TAIL_FREE_GAP[dtype]) & (kk < n))
+
+
+def _tail_free_rows(w: _Window, th: Threshold, likely: torch.Tensor, zero_rows: torch.Tensor,
+                    full_rows: torch.Tensor, alpha: float, n: int, K: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B,) bool: the ``likely`` rows whose results, solved with T = 0, are exact without their tail.
 
     At small α the window's last value lies many α below t, so every off-window term
     γ·e^{(x_j − s_{K−1})/α} ≤ γ = ½e^{(s_{K−1} − t)/α} is below the flush level: the full path
-    returns off-window p = 0 exactly (it zeroes γ there). It is accepted here when, moreover,
-    any tail sum T in [0, n − K] (each term is ≤ 1) leaves t unchanged (``solve_threshold``'s
-    ``stable``) and leaves S = γT/α + Σ_window q unchanged in float64. Then p and z are zero but
-    for the window, and every result (gradients included) equals the full path's bit for bit,
-    without its two passes over x.
+    returns off-window p = 0 exactly (it zeroes γ there). A row is accepted when, moreover, any
+    tail sum T in [0, n − K] (each term is ≤ 1) leaves t unchanged (``solve_threshold``'s
+    ``stable``) and leaves S = γT/α + Σ_window q unchanged in float64. Then its p and z are zero
+    but for the window, and every result (gradients included) equals the full path's bit for bit,
+    without the two passes over its row. Rows with k = 0 are accepted (t = +∞); k = n never is.
     """
-    B, n = x.shape
-    K = s.shape[1]
-    zero_rows, full_rows = kk <= 0, kk >= n
-    if bool(full_rows.any()):
-        return None
-    at_k = s64.gather(1, k_safe.ceil().long().clamp(max=K - 1).unsqueeze(1)).squeeze(1)
-    if not bool((zero_rows | ((s64[:, -1] - at_k) / alpha < -_TAIL_FREE_GAP[x.dtype])).all()):
-        return None
-    tail = torch.zeros_like(k_safe)
-    th = solve_threshold(s64, tail, k_safe, alpha, n, tail_hi=float(n - K))
-    w = _on_window(s64, kk, n, th, tail, alpha)
     S_hi = (w.gamma * float(n - K)) / alpha + w.S  # the largest S any tail could give
-    negligible = (w.gamma < _FLUSH_BELOW[x.dtype]) & (S_hi == w.S)
-    if not bool((zero_rows | (th.stable & negligible)).all()):
-        return None
-    # Φ(s_{K−1}) at T = 0 is a lower bound: accepted here means accepted with the true T; a
-    # rejection is left to the full path, which knows T.
-    if check and not bool(((th.phi_last > k_safe + 0.5) | zero_rows).all()):
-        return None
-    p_win_x = torch.nn.functional.threshold(w.p_win.to(x.dtype), _FLUSH_BELOW[x.dtype], 0.0)
-    z = torch.zeros_like(x).scatter_(1, win_idx, s * p_win_x) if gate else None
-    p = None if gate else torch.zeros_like(x).scatter_(1, win_idx, p_win_x)
-    return Forward(p, win_idx, w.p_win, w.q_win, w.S, w.t, _kth(s, kk), z, tail_free=True)
+    negligible = (w.gamma < _FLUSH_BELOW[dtype]) & (S_hi == w.S)
+    return likely & (zero_rows | (th.stable & negligible & ~full_rows))

@@ -623,20 +623,10 @@ def test_row_blocks_and_narrow_window_match_one_pass(monkeypatch, alpha):
     k = torch.rand(37, 1, generator=gen) * 20 + 0.5
     k[3] = 0.0
     v = torch.randn(37, 300, generator=gen)
-
-    def run():
-        xs, ks = x.clone().requires_grad_(), k.clone().requires_grad_()
-        p = soft_topk(xs, ks, alpha)
-        p.backward(v)
-        xg, kg = x.clone().requires_grad_(), k.clone().requires_grad_()
-        gate = soft_topk_gate(xg, kg, alpha)
-        gate.z.backward(v)
-        return p.detach(), xs.grad, ks.grad, gate.z.detach(), xg.grad, kg.grad, gate.t, gate.top
-
-    one = run()
+    one = _mask_and_gate(x, k, v, alpha)
     monkeypatch.setattr(st, "_BLOCK_ELEMS", 300 * 4)  # 4 rows per block (one thread), 10 blocks
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    many = run()
+    many = _mask_and_gate(x, k, v, alpha)
     for a, b in zip(one, many, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     # The narrow window gives the same p as the provable one passed explicitly.
@@ -644,48 +634,59 @@ def test_row_blocks_and_narrow_window_match_one_pass(monkeypatch, alpha):
     torch.testing.assert_close(one[0], p_safe, rtol=1e-5, atol=1e-6)
 
 
+def _mask_and_gate(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float) -> list[torch.Tensor]:
+    """Values and gradients (for x and k, upstream v) of soft_topk and of soft_topk_gate."""
+    xs, ks = x.clone().requires_grad_(), k.clone().requires_grad_()
+    p = soft_topk(xs, ks, alpha)
+    p.backward(v)
+    xg, kg = x.clone().requires_grad_(), k.clone().requires_grad_()
+    gate = soft_topk_gate(xg, kg, alpha)
+    gate.z.backward(v)
+    return [p.detach(), xs.grad, ks.grad, gate.z.detach(), xg.grad, kg.grad, gate.t, gate.kth, gate.top]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("alpha", [1e-2, 1e-3, 1e-4, 1e-7])
-def test_tail_free_path_equals_full_path_bit_for_bit(monkeypatch, dtype, alpha):
-    """Skipping the two passes over the tail (off-window p below the flush level, T unable to move
-    t or S) changes nothing: values and gradients equal the full path's exactly, for the mask
-    and the gate, on continuous and tied rows. The path must also have been taken."""
+@pytest.mark.parametrize("mode", ["all", "mixed", "late"])
+def test_tail_free_path_equals_full_path_bit_for_bit(monkeypatch, dtype, alpha, mode):
+    """Skipping the two passes over the tail of the rows where it carries nothing (off-window p
+    below the flush level, T unable to move t or S) changes nothing: values and gradients equal
+    the full path's exactly, for the mask and the gate, on continuous and tied rows, whether every
+    row skips them (``all``) or only some: ``mixed``, a few rows packed so densely that their tail
+    counts, which then take the passes alone; ``late``, the same rows let through the first guess
+    (a gap of 0 α), refused on verification and redone with their tail. The path, and the mix,
+    must also have been taken."""
     import sys
 
     sw = sys.modules["softsae_lib.ops.soft_topk_window"]
-    real = sw._tail_free
+    real = sw._tail_free_rows
     taken = []
 
     def counting(*args, **kwargs):
         f = real(*args, **kwargs)
-        taken.append(f is not None)
+        taken.append((bool(f.any()), bool((~f).any())))
         return f
 
-    gen = gen_for("tail_free", dtype, alpha)
+    gen = gen_for("tail_free", dtype, alpha, mode)
     x = torch.randn(64, 400, generator=gen, dtype=dtype).relu_()
     x[::2, :12] = 3.0  # a tie block at the top of every other row
     x[1, 100:110] = x[1].max()  # and one straddling rank k
     k = torch.rand(64, 1, generator=gen, dtype=dtype) * 24 + 0.5
     k[5] = 0.0
     k[7] = k[7].round()
+    if mode == "late":  # every row with distinct values looks tail-free, the dense ones too
+        monkeypatch.setattr(sw, "_TAIL_FREE_GAP", dict.fromkeys(sw._TAIL_FREE_GAP, 0.0))
+    if mode != "all":  # values 1e-7·α apart: the tail's weight is of the order of the window's
+        x[9:14] = 1 + alpha * 1e-7 * torch.arange(400, dtype=dtype) + alpha * torch.rand(5, 400, generator=gen,
+                                                                                         dtype=dtype)
     v = torch.randn(64, 400, generator=gen, dtype=dtype)
-
-    def run():
-        xs, ks = x.clone().requires_grad_(), k.clone().requires_grad_()
-        p = soft_topk(xs, ks, alpha)
-        p.backward(v)
-        xg, kg = x.clone().requires_grad_(), k.clone().requires_grad_()
-        gate = soft_topk_gate(xg, kg, alpha)
-        gate.z.backward(v)
-        return [p.detach(), xs.grad, ks.grad, gate.z.detach(), xg.grad, kg.grad, gate.t, gate.kth,
-                gate.top]
-
-    monkeypatch.setattr(sw, "_tail_free", counting)
-    fast = run()
+    monkeypatch.setattr(sw, "_tail_free_rows", counting)
+    fast = _mask_and_gate(x, k, v, alpha)
     if alpha <= 1e-4:
-        assert any(taken), "the tail-free path was never taken"
-    monkeypatch.setattr(sw, "_tail_free", lambda *a, **kw: None)
-    full = run()
+        assert any(free for free, _ in taken), "the tail-free path was never taken"
+        assert mode == "all" or any(free and full for free, full in taken), taken
+    monkeypatch.setattr(sw, "_likely_tail_free", lambda *a, **kw: None)  # every row takes the passes
+    full = _mask_and_gate(x, k, v, alpha)
     for name, a, b in zip(["p", "dp/dx", "dp/dk", "z", "dz/dx", "dz/dk", "t", "kth", "top"],
                           fast, full, strict=True):
         assert torch.equal(a, b), name
