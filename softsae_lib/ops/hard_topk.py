@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from softsae_lib.ops.row_topk import row_topk
+
 __all__ = ["topk_mask", "per_row_topk", "per_row_topk_with_firing", "batch_topk", "batch_topk_with_firing"]
 
 
@@ -47,7 +49,8 @@ def _per_row_indices(x: torch.Tensor, k) -> tuple[torch.Tensor, torch.Tensor, to
     counts = _row_counts(x, k)
     _check_no_nan(x, "top-k")
     kmax = int(counts.max()) if counts.numel() else 0
-    vals, idx = torch.topk(x, kmax, dim=-1, sorted=True)
+    idx = row_topk(x, kmax)[1]
+    vals = x.gather(1, idx)  # differentiable
     keep = torch.arange(kmax, device=x.device).unsqueeze(0) < counts.unsqueeze(1)
     return vals, idx, keep
 
@@ -57,7 +60,7 @@ def topk_mask(x: torch.Tensor, k: torch.Tensor | float | int) -> torch.Tensor:
 
     x: (batch, n); k: scalar, (batch,) or (batch, 1), floored like the official ``.long()``.
     Returns a (batch, n) bool tensor with exactly ⌊k_b⌋ True entries in row b (ties broken by
-    ``torch.topk``).
+    :func:`~softsae_lib.ops.row_topk.row_topk`).
     """
     _, idx, keep = _per_row_indices(x, k)
     return torch.zeros_like(x, dtype=torch.bool).scatter_(1, idx, keep)

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import torch
 
+from softsae_lib.ops.row_topk import row_topk
 from softsae_lib.ops.soft_topk_threshold import Threshold, exp_no_subnormal, solve_threshold
 
 __all__ = ["Forward", "lapsum_forward", "window_size"]
@@ -119,7 +120,7 @@ def forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, b
     """
     B, n = x.shape
     if K < n:
-        s, win_idx = torch.topk(x, K, dim=1, sorted=True)
+        s, win_idx = row_topk(x, K)
     else:
         s, win_idx = torch.sort(x, dim=1, descending=True)
     s64 = s.to(wdt)
@@ -164,7 +165,8 @@ def forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, b
     if late.numel():
         sub = _full_forward(x.index_select(0, late), s.index_select(0, late), s64.index_select(0, late),
                             win_idx.index_select(0, late), kk.index_select(0, late),
-                            k_safe.index_select(0, late), alpha, sub_blocks(blocks, late.numel()), gate, check)
+                            k_safe.index_select(0, late), alpha, sub_blocks(blocks, late.numel()), gate,
+                            check)
         if sub is None:
             return None
         out.index_copy_(0, late, sub.z if gate else sub.p)
@@ -282,7 +284,8 @@ def _likely_tail_free(s64: torch.Tensor, kk: torch.Tensor, k_safe: torch.Tensor,
 
 
 def _tail_free_rows(w: _Window, th: Threshold, likely: torch.Tensor, zero_rows: torch.Tensor,
-                    full_rows: torch.Tensor, alpha: float, n: int, K: int, dtype: torch.dtype) -> torch.Tensor:
+                    full_rows: torch.Tensor, alpha: float, n: int, K: int,
+                    dtype: torch.dtype) -> torch.Tensor:
     """(B,) bool: the ``likely`` rows whose results, solved with T = 0, are exact without their tail.
 
     At small α the window's last value lies many α below t, so every off-window term

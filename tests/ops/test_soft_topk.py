@@ -677,8 +677,8 @@ def test_tail_free_path_equals_full_path_bit_for_bit(monkeypatch, dtype, alpha, 
     if mode == "late":  # every row with distinct values looks tail-free, the dense ones too
         monkeypatch.setattr(sw, "_TAIL_FREE_GAP", dict.fromkeys(sw._TAIL_FREE_GAP, 0.0))
     if mode != "all":  # values 1e-7·α apart: the tail's weight is of the order of the window's
-        x[9:14] = 1 + alpha * 1e-7 * torch.arange(400, dtype=dtype) + alpha * torch.rand(5, 400, generator=gen,
-                                                                                         dtype=dtype)
+        jitter = torch.rand(5, 400, generator=gen, dtype=dtype)
+        x[9:14] = 1 + alpha * 1e-7 * torch.arange(400, dtype=dtype) + alpha * jitter
     v = torch.randn(64, 400, generator=gen, dtype=dtype)
     monkeypatch.setattr(sw, "_tail_free_rows", counting)
     fast = _mask_and_gate(x, k, v, alpha)
