@@ -37,6 +37,10 @@ def test_train_step_benchmark_json():
     rounds = sorted(min(soft[2 * r:2 * r + 2]) / min(topk[2 * r:2 * r + 2]) for r in range(3))
     assert abs(res["ratio"] - rounds[1]) < 1e-12 and sorted(res["ratio_per_round"]) == rounds
     assert res["softsae_tokens_per_s"] == 32 / res["softsae_step_s"] and res["peak_gpu_memory_gib"] is None
+    # seven matmuls against five, one ratio per round (their median reported)
+    per_round = res["matmul_only_ratio_per_round"]
+    assert len(per_round) == 3 and all(r > 0 for r in per_round)
+    assert res["matmul_only_ratio"] == sorted(per_round)[1]
 
 
 def test_soft_topk_scaling_benchmark_json(tmp_path):

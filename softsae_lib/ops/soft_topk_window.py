@@ -90,8 +90,13 @@ def lapsum_forward(x: torch.Tensor, k: torch.Tensor, alpha: float, window: int |
     first: ``topk`` costs grow with K (K = 130 takes ~1.4× K = 64 at n = 16384), and at small α
     the threshold sits a few ranks below k. The result is exact whenever Φ(s_{K−1}) > k in every
     row (t then lies inside the window, all the math below only needs that); otherwise the
-    batch is redone with the provably sufficient window 2⌈k_max⌉ + 2. Either window is wider
-    than ⌊k_max⌋, so the gate's positions always hold the hard top-⌊k⌋.
+    batch is redone with the provably sufficient window 2⌈k_max⌉ + 2. It is also redone with that
+    window when the narrow one ends too close below rank k for the rows to skip their tail but
+    the wider one probably ends far enough (see ``_wider_spares_tail``): closely spaced values, as
+    in a freshly initialised SAE, where one more ``topk`` costs less than the passes over the
+    tail. In large batches a sample of rows decides this first (``_probe_prefers_wider``), so the
+    batch does not pay for both. Either window is wider than ⌊k_max⌋, so the gate's positions
+    always hold the hard top-⌊k⌋.
     """
     B, n = x.shape
     wdt = torch.float64 if x.device.type != "mps" else torch.float32
@@ -101,16 +106,18 @@ def lapsum_forward(x: torch.Tensor, k: torch.Tensor, alpha: float, window: int |
     k_max = float(kk.max())
     K_safe = window_size(k_max, n)
     K_narrow = min(n, math.ceil(k_max) + 1 + _WINDOW_MARGIN)
-    if K_narrow < K_safe:
-        f = forward_on_window(x, kk, alpha, K_narrow, blocks, gate, wdt, check=True)
+    if K_narrow < K_safe and not _probe_prefers_wider(x, kk, alpha, K_narrow, K_safe, wdt):
+        f = forward_on_window(x, kk, alpha, K_narrow, blocks, gate, wdt, check=True, wider=K_safe)
         if f is not None:
             return f
     return forward_on_window(x, kk, alpha, K_safe, blocks, gate, wdt, check=False)
 
 
 def forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, blocks: list[slice],
-                      gate: bool, wdt: torch.dtype, check: bool) -> Forward | None:
-    """The forward pass on a top-K window; with ``check``, None unless every row's t lies in it.
+                      gate: bool, wdt: torch.dtype, check: bool, wider: int | None = None) -> Forward | None:
+    """The forward pass on a top-K window; with ``check``, None unless every row's t lies in it
+    (and, given a ``wider`` window size, None when that window would spare most rows their tail
+    passes and this one does not).
 
     x: (B, n); kk: (B,) budgets in wdt. Everything but two passes over x lives on the (B, K)
     window: the tail sum T, then p (and z) once t is known, both in blocks of rows (``blocks``).
@@ -126,9 +133,12 @@ def forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, b
     s64 = s.to(wdt)
     zero_rows = kk <= 0
     full_rows = kk >= n
-    k_safe = torch.where(zero_rows | full_rows, torch.full_like(kk, n / 2), kk)
+    k_safe = _k_safe(kk, n)
     likely = _likely_tail_free(s64, kk, k_safe, alpha, n, x.dtype) if K < n else None
     if likely is None or 2 * int(likely.sum()) < B:
+        if check and wider is not None and likely is not None and _wider_spares_tail(s64, k_safe, alpha,
+                                                                                    wider, x.dtype):
+            return None
         return _full_forward(x, s, s64, win_idx, kk, k_safe, alpha, blocks, gate, check)
     # One threshold solve for every row: with the exact T on the rows that need their tail (one
     # pass over those rows only), with T = 0 and the check over every T in [0, n − K] elsewhere.
@@ -136,8 +146,8 @@ def forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, b
     m = rows.numel()
     tail = torch.zeros_like(k_safe)
     if m:
-        exps, tail_r = _tail_pass(x.index_select(0, rows), s.index_select(0, rows)[:, -1:],
-                                  win_idx.index_select(0, rows), alpha, sub_blocks(blocks, m))
+        x_r, idx_r = x.index_select(0, rows), win_idx.index_select(0, rows)
+        exps, tail_r = _tail_pass(x_r, s.index_select(0, rows)[:, -1:], idx_r, alpha, sub_blocks(blocks, m))
         tail.index_copy_(0, rows, tail_r.to(wdt))
     th = solve_threshold(s64, tail, k_safe, alpha, n, tail_hi=torch.where(likely, float(n - K), tail))
     w = _on_window(s64, kk, n, th, tail, alpha)
@@ -156,8 +166,7 @@ def forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, b
     p_win, q_win, S, t = w.p_win, w.q_win, w.S, w.t
     tail_rows, p_tail = [], []
     if m:
-        p_r, z_r = _p_pass(x.index_select(0, rows), exps, win_idx.index_select(0, rows),
-                           w.gamma.index_select(0, rows), p_win.index_select(0, rows),
+        p_r, z_r = _p_pass(x_r, exps, idx_r, w.gamma.index_select(0, rows), p_win.index_select(0, rows),
                            sub_blocks(blocks, m), gate)
         out.index_copy_(0, rows, z_r if gate else p_r)
         tail_rows.append(rows)
@@ -177,6 +186,34 @@ def forward_on_window(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, b
     return Forward(None if gate else out, win_idx, p_win, q_win, S, t, _kth(s, kk), out if gate else None,
                    rows=torch.cat(tail_rows) if tail_rows else rows,
                    p_tail=torch.cat(p_tail) if len(p_tail) > 1 else (p_tail[0] if p_tail else None))
+
+
+def _k_safe(kk: torch.Tensor, n: int) -> torch.Tensor:
+    """(B,) budgets with k = 0 and k = n replaced by n/2, for the math that needs 0 < k < n."""
+    return torch.where((kk <= 0) | (kk >= n), torch.full_like(kk, n / 2), kk)
+
+
+# Rows sampled by _probe_prefers_wider. Batches under four times as many rows, or under
+# _PROBE_MIN_ELEMS entries (where a second top-K costs less than the probe), are not probed.
+_PROBE_ROWS = 64
+_PROBE_MIN_ELEMS = 1 << 22
+
+
+def _probe_prefers_wider(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int, K_wide: int,
+                         wdt: torch.dtype) -> bool:
+    """Whether a sample of rows says the top-K window would be given up for the top-``K_wide``
+    one (see ``forward_on_window``'s ``wider``): then the batch skips its full-size ``topk`` at K.
+    x: (B, n), kk: (B,). A guess: either answer gives exact results."""
+    B, n = x.shape
+    if B < 4 * _PROBE_ROWS or B * n < _PROBE_MIN_ELEMS:
+        return False
+    rows = torch.linspace(0, B - 1, _PROBE_ROWS, device=x.device).long()  # spread over the batch
+    s64 = row_topk(x.index_select(0, rows), K)[0].to(wdt)
+    k_r = kk.index_select(0, rows)
+    k_safe = _k_safe(k_r, n)
+    likely = _likely_tail_free(s64, k_r, k_safe, alpha, n, x.dtype)
+    return (likely is not None and 2 * int(likely.sum()) < _PROBE_ROWS
+            and _wider_spares_tail(s64, k_safe, alpha, K_wide, x.dtype))
 
 
 def _tail_pass(x: torch.Tensor, s_last: torch.Tensor, win_idx: torch.Tensor, alpha: float,
@@ -281,6 +318,22 @@ def _likely_tail_free(s64: torch.Tensor, kk: torch.Tensor, k_safe: torch.Tensor,
     K = s64.shape[1]
     at_k = s64.gather(1, k_safe.ceil().long().clamp(max=K - 1).unsqueeze(1)).squeeze(1)
     return (kk <= 0) | (((s64[:, -1] - at_k) / alpha < -_TAIL_FREE_GAP[dtype]) & (kk < n))
+
+
+def _wider_spares_tail(s64: torch.Tensor, k_safe: torch.Tensor, alpha: float, K_wide: int,
+                       dtype: torch.dtype) -> bool:
+    """Whether a top-``K_wide`` window would probably let most rows skip their tail passes.
+
+    A guess from the narrow window s64: (B, K): each row's spacing of values below rank ⌈k⌉,
+    extrapolated to rank K_wide − 1, against the gap ``_likely_tail_free`` asks for. Wrong
+    guesses cost time (one more ``topk``, or the passes), never exactness.
+    """
+    K = s64.shape[1]
+    c = k_safe.ceil().long().clamp(max=K - 2)
+    at_c = s64.gather(1, c.unsqueeze(1)).squeeze(1)
+    per_rank = (at_c - s64[:, -1]) / (K - 1 - c).to(s64.dtype)
+    promising = per_rank * (K_wide - 1 - c).to(s64.dtype) / alpha > _TAIL_FREE_GAP[dtype]
+    return 2 * int(promising.sum()) >= s64.shape[0]
 
 
 def _tail_free_rows(w: _Window, th: Threshold, likely: torch.Tensor, zero_rows: torch.Tensor,

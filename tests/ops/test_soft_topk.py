@@ -667,6 +667,8 @@ def test_tail_free_path_equals_full_path_bit_for_bit(monkeypatch, dtype, alpha, 
         taken.append((bool(f.any()), bool((~f).any())))
         return f
 
+    # Both runs on the same windows: the switch to the wider window is tested on its own below.
+    monkeypatch.setattr(sw, "_wider_spares_tail", lambda *a, **kw: False)
     gen = gen_for("tail_free", dtype, alpha, mode)
     x = torch.randn(64, 400, generator=gen, dtype=dtype).relu_()
     x[::2, :12] = 3.0  # a tie block at the top of every other row
@@ -690,3 +692,74 @@ def test_tail_free_path_equals_full_path_bit_for_bit(monkeypatch, dtype, alpha, 
     for name, a, b in zip(["p", "dp/dx", "dp/dk", "z", "dz/dx", "dz/dk", "t", "kth", "top"],
                           fast, full, strict=True):
         assert torch.equal(a, b), name
+
+
+def _spaced_rows(B: int, n: int, alpha: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows whose top values are 1/15 of the tail-free gap (69.3 α in fp32) apart, and budgets
+    k in [20, 24.5]: the narrow window (⌈k_max⌉ + 9 columns) ends 8–12 ranks below k, too close
+    for any row to skip its tail; the provable one (2⌈k_max⌉ + 2) ends 26–30 ranks below, far enough."""
+    step = 69.3 * alpha / 15
+    ranks = torch.stack([torch.randperm(n, generator=gen) for _ in range(B)]).float()
+    x = 1.0 - step * ranks - 0.2 * step * torch.rand(B, n, generator=gen)  # distinct, no ties
+    return x, 20 + torch.rand(B, 1, generator=gen) * 4.5
+
+
+@pytest.mark.parametrize("B", [64, 512])  # the narrow window tried and given up; a probe decides
+def test_wider_window_spares_the_tail_passes(monkeypatch, B):
+    """When the narrow window ends too close below rank k for the rows to skip their tail, and the
+    provable window ends far enough, the op takes the provable window without the passes over
+    the tail: values and gradients equal the provable window's with every pass taken, bit for
+    bit. Small batches try the narrow window first; large ones let a sample of rows decide, so
+    the batch runs one full-size top-K."""
+    import sys
+
+    sw = sys.modules["softsae_lib.ops.soft_topk_window"]
+    alpha, n = 1e-4, 400
+    x, k = _spaced_rows(B, n, alpha, gen_for("wider", B))
+    v = torch.randn(B, n, generator=gen_for("wider_v", B))
+    K_narrow = math.ceil(float(k.max())) + 1 + sw._WINDOW_MARGIN
+    K_safe = window_size(float(k.max()), n)
+    calls: list[tuple[int, int]] = []
+    real_topk, real_full = sw.row_topk, sw._full_forward
+
+    def topk_spy(a, K):
+        calls.append((a.shape[0], K))
+        return real_topk(a, K)
+
+    def no_full(*args, **kwargs):
+        raise AssertionError("the passes over the tail ran")
+
+    monkeypatch.setattr(sw, "_PROBE_MIN_ELEMS", 0)  # probe batches of 4 × 64 rows and more
+    monkeypatch.setattr(sw, "row_topk", topk_spy)
+    monkeypatch.setattr(sw, "_full_forward", no_full)
+    auto = _mask_and_gate(x, k, v, alpha)
+    probe = (sw._PROBE_ROWS, K_narrow)
+    expected = [(B, K_narrow), (B, K_safe)] if B < 4 * sw._PROBE_ROWS else [probe, (B, K_safe)]
+    assert calls == expected * 2, calls  # mask, then gate
+    monkeypatch.setattr(sw, "_full_forward", real_full)
+    monkeypatch.setattr(sw, "_likely_tail_free", lambda *a, **kw: None)  # every row takes the passes
+    xs, ks = x.clone().requires_grad_(), k.clone().requires_grad_()
+    p = soft_topk(xs, ks, alpha, window=K_safe)
+    p.backward(v)
+    xg, kg = x.clone().requires_grad_(), k.clone().requires_grad_()
+    gate = soft_topk_gate(xg, kg, alpha, window=K_safe)
+    gate.z.backward(v)
+    full = [p.detach(), xs.grad, ks.grad, gate.z.detach(), xg.grad, kg.grad, gate.t, gate.kth, gate.top]
+    for name, a, b in zip(["p", "dp/dx", "dp/dk", "z", "dz/dx", "dz/dk", "t", "kth", "top"],
+                          auto, full, strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_no_wider_window_where_it_cannot_help(monkeypatch):
+    """At α = 1 the same rows' tails carry weight in every window: one full-size top-K at the
+    narrow window, then the passes, as before (no second full-size top-K wasted on them)."""
+    import sys
+
+    sw = sys.modules["softsae_lib.ops.soft_topk_window"]
+    x, k = _spaced_rows(512, 400, 1e-4, gen_for("no_wider"))
+    calls: list[tuple[int, int]] = []
+    real_topk = sw.row_topk
+    monkeypatch.setattr(sw, "row_topk", lambda a, K: calls.append((a.shape[0], K)) or real_topk(a, K))
+    soft_topk_gate(x, k, 1.0)
+    full_batch = [c for c in calls if c[0] == 512]
+    assert full_batch == [(512, math.ceil(float(k.max())) + 1 + sw._WINDOW_MARGIN)], calls
