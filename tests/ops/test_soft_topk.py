@@ -729,7 +729,7 @@ def test_wider_window_spares_the_tail_passes(monkeypatch, B):
     def no_full(*args, **kwargs):
         raise AssertionError("the passes over the tail ran")
 
-    monkeypatch.setattr(sw, "_PROBE_MIN_ELEMS", 0)  # probe batches of 4 × 64 rows and more
+    monkeypatch.setattr(sw, "_WIDER_MIN_ELEMS", 0)  # switch (and probe batches of 4 × 64 rows) at any size
     monkeypatch.setattr(sw, "row_topk", topk_spy)
     monkeypatch.setattr(sw, "_full_forward", no_full)
     auto = _mask_and_gate(x, k, v, alpha)
@@ -760,6 +760,21 @@ def test_no_wider_window_where_it_cannot_help(monkeypatch):
     calls: list[tuple[int, int]] = []
     real_topk = sw.row_topk
     monkeypatch.setattr(sw, "row_topk", lambda a, K: calls.append((a.shape[0], K)) or real_topk(a, K))
+    monkeypatch.setattr(sw, "_WIDER_MIN_ELEMS", 0)
     soft_topk_gate(x, k, 1.0)
     full_batch = [c for c in calls if c[0] == 512]
     assert full_batch == [(512, math.ceil(float(k.max())) + 1 + sw._WINDOW_MARGIN)], calls
+
+
+def test_small_inputs_keep_the_narrow_window(monkeypatch):
+    """Under 2²² entries the passes over the tail cost less than a second top-K: the same rows that
+    switch in a large input (above) stay on the narrow window, with one top-K."""
+    import sys
+
+    sw = sys.modules["softsae_lib.ops.soft_topk_window"]
+    x, k = _spaced_rows(512, 400, 1e-4, gen_for("small_narrow"))
+    calls: list[tuple[int, int]] = []
+    real_topk = sw.row_topk
+    monkeypatch.setattr(sw, "row_topk", lambda a, K: calls.append((a.shape[0], K)) or real_topk(a, K))
+    soft_topk_gate(x, k, 1e-4)
+    assert calls == [(512, math.ceil(float(k.max())) + 1 + sw._WINDOW_MARGIN)], calls
