@@ -214,8 +214,7 @@ def _probe_prefers_wider(x: torch.Tensor, kk: torch.Tensor, alpha: float, K: int
     k_r = kk.index_select(0, rows)
     k_safe = _k_safe(k_r, n)
     likely = _likely_tail_free(s64, k_r, k_safe, alpha, n, x.dtype)
-    return (likely is not None and 2 * int(likely.sum()) < _PROBE_ROWS
-            and _wider_spares_tail(s64, k_safe, alpha, K_wide, x.dtype))
+    return 2 * int(likely.sum()) < _PROBE_ROWS and _wider_spares_tail(s64, k_safe, alpha, K_wide, x.dtype)
 
 
 def _tail_pass(x: torch.Tensor, s_last: torch.Tensor, win_idx: torch.Tensor, alpha: float,
