@@ -105,21 +105,25 @@ def wrap_title(title: str, ax: plt.Axes, chars_per_inch: float = 14.0) -> str:
 
 
 def training_curves(histories: dict, title: str = "") -> plt.Figure:
-    """Three panels per run against step: batch FVU (log), dead fraction, and k̂ mean ± std where the model
-    reports k̂ (the training-health figure of every notebook).
+    """Three panels per run against step: batch FVU (log; dashed: the held-out FVU where the history
+    logs it), dead fraction, and k̂ mean ± std where the model reports k̂ (the training-health figure
+    of every notebook).
 
     ``histories``: {label: trainer history DataFrame}; labels may name a model and a seed ("soft s1").
     """
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), layout="constrained")
     for label, h in histories.items():
         line, = axes[0].plot(h["step"], h["fvu_batch"], lw=1, label=str(label))
+        if "fvu_heldout" in h:
+            axes[0].plot(h["step"], h["fvu_heldout"], lw=1, ls="--", color=line.get_color())
         axes[1].plot(h["step"], h["dead_fraction"], lw=1, color=line.get_color())
         if "k_hat_mean" in h:
             mean, std = h["k_hat_mean"].to_numpy(float), h["k_hat_std"].to_numpy(float)
             axes[2].plot(h["step"], mean, lw=1, color=line.get_color(), label=str(label))
             axes[2].fill_between(h["step"], mean - std, mean + std, alpha=0.15, color=line.get_color())
             axes[2].plot(h["step"], h["k"], ls=":", lw=1, color=line.get_color())
-    axes[0].set(yscale="log", xlabel="step", ylabel="batch FVU", title="reconstruction")
+    axes[0].set(yscale="log", xlabel="step", ylabel="FVU (solid: batch, dashed: held out)",
+                title="reconstruction")
     axes[1].set(xlabel="step", ylabel="dead fraction", title="dead latents", ylim=(0, 1))
     axes[2].set(xlabel="step", ylabel="k̂ (mean ± std; dotted: target)", title="SoftSAE budget")
     axes[0].legend(fontsize=6, ncol=2)

@@ -106,7 +106,7 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
                                steps=200, batch_size=256, lr=3e-3, lid_k=15, n_boot=200, grid_n=8, threads=1,
                                explain_n=300),
         "local": ViTExperiment(encoder="cifar10-vit", n_train=50000, n_test=5000, dict_size=1024, k=16,
-                               steps=2000, batch_size=512, lr=1e-3, workers=2, explain_n=2000,
+                               steps=3000, batch_size=512, lr=1e-3, workers=2, explain_n=2000,
                                progress=False),
         "paper": ViTExperiment(encoder="google/vit-base-patch16-224", n_train=50000, n_test=10000,
                                dict_size=12288, k=32, steps=20000, batch_size=4096, lr=5e-4,

@@ -125,7 +125,8 @@ def test_lm_notebook_metrics(smoke_results):
     for fig in ("frontiers.png", "khat_distribution.png", "khat_vs_lid.png", "training_curves.png",
                 "lid_sensitivity.png", "explanation_length.png"):
         assert (folder / fig).stat().st_size > 1000
-    _check_health_and_seeds(m, n_models=len(p.k_grid) * (1 + len(p.baselines)) + len(p.seeds) - 1,
+    # SoftSAE and TopK at every further seed (TopK's dictionary replicates the explanation-length test)
+    _check_health_and_seeds(m, n_models=len(p.k_grid) * (1 + len(p.baselines)) + 2 * (len(p.seeds) - 1),
                             seeds=p.seeds, every_model="frontier",
                             results={"khat_vs_lid", "explanation_length"})
     study = m["lid_study"]["summary"]
@@ -140,6 +141,8 @@ def _check_health_and_seeds(m: dict, n_models: int, seeds: tuple, every_model: s
     summary = {r["model"]: r["healthy"] for r in m["health_summary"]}
     assert len(summary) == n_models and {r["model"] for r in m["health"]} == set(summary)
     assert m["health_criteria"]["max_dead_fraction"] == 0.5
+    # the plateau check reads the held-out FVU the trainer logged, for every model
+    assert all("fvu_heldout" in r["detail"] for r in m["health"] if r["check"] == "converged")
     assert {every_model, *results} <= set(m["verdicts"])
     assert set(m["verdicts"].values()) <= {"conclusive", "inconclusive"}
     assert m["verdicts"][every_model] == ("conclusive" if all(summary.values()) else "inconclusive")
@@ -232,7 +235,8 @@ def test_vit_notebook_metrics(smoke_results):
                 "khat_vs_complexity.png", "training_curves.png", "explanation_length.png"):
         assert (root / "smoke" / "04_vit" / fig).stat().st_size > 1000
     p = get_profile("04_vit", "smoke")
-    _check_health_and_seeds(m, n_models=len(rows) + len(p.seeds) - 1, seeds=p.seeds, every_model="fidelity",
+    _check_health_and_seeds(m, n_models=len(rows) + 2 * (len(p.seeds) - 1), seeds=p.seeds,
+                            every_model="fidelity",
                             results={"khat_vs_lid", "explanation_length"})
 
 

@@ -24,6 +24,9 @@ from softsae_lib.stats import summarize_association
 from softsae_lib.training import TrainConfig, train_sae
 
 BASELINES = ("topk", "batch_topk")
+HELDOUT_ROWS = 2048
+"""Held-out rows whose FVU the trainer logs for the plateau check (the same rows at every logged
+step, so the change across the window is measured on a paired sample)."""
 
 
 @dataclass
@@ -80,7 +83,9 @@ def fit_and_evaluate(arch: str, k: int, x_train: torch.Tensor, x_test: torch.Ten
     model = make_sae(arch, d_model=x_train.shape[1], dict_size=p.dict_size, seed=p.seed,
                      **model_config(p, arch, config))
     t0 = time.perf_counter()
-    result = train_sae(model, x_train, train_config(p, arch))
+    # The held-out FVU from mid-run on: the plateau check reads only the late constant-lr steps.
+    cfg = train_config(p, arch)
+    result = train_sae(model, x_train, cfg, heldout=x_test[:HELDOUT_ROWS], heldout_from=cfg.steps // 2)
     seconds = time.perf_counter() - t0
     if after_training is not None:
         after_training(model)

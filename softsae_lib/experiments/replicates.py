@@ -16,7 +16,7 @@ decoder atoms a trained dictionary needs per sample (the direct test of "k̂ is 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -43,6 +43,18 @@ class MatchedRuns:
     """{seed: SoftSAE} at ``claim_k`` (the experiment's own seed included, first)."""
     claim_k: int
     """The target k the per-seed k̂ results use."""
+    seed_baselines: dict[tuple[str, int], TrainedModel] = field(default_factory=dict)
+    """{(arch, seed): model}: baselines trained again for SoftSAE's further seeds, at the anchor's
+    matched L0 at ``claim_k`` (e.g. TopK dictionaries for a per-seed explanation-length test)."""
+
+    def seed_models(self, arch: str) -> dict[int, TrainedModel]:
+        """{seed: model} of ``arch`` at ``claim_k``, the anchor seed first: SoftSAE's seeds, or a
+        baseline's anchor model and its further seeds (only those it was trained for)."""
+        if arch == "soft":
+            return dict(self.seeds)
+        anchor = next(iter(self.seeds))
+        return {anchor: self.grid[self.claim_k][arch],
+                **{s: m for (a, s), m in self.seed_baselines.items() if a == arch}}
 
     def histories(self) -> dict[str, pd.DataFrame]:
         """{label: history} of every distinct model, labelled ``"<arch> k=<target> s<seed>"``."""
@@ -50,6 +62,7 @@ class MatchedRuns:
         out = {model_label(arch, k, seed0): m.history for k, models in self.grid.items()
                for arch, m in models.items()}
         out.update({model_label("soft", self.claim_k, s): m.history for s, m in self.seeds.items()})
+        out.update({model_label(a, self.claim_k, s): m.history for (a, s), m in self.seed_baselines.items()})
         return out
 
 
@@ -66,9 +79,11 @@ def model_label(arch: str, k_target: int, seed: int) -> str:
 
 def train_matched_seeds(x_train, x_test: torch.Tensor, p: SAEExperiment, ks: Sequence[int], claim_k: int,
                         seeds: Sequence[int], baselines: Sequence[str] = BASELINES, workers: int = 1,
-                        log: Callable[[str], None] = print) -> MatchedRuns:
+                        log: Callable[[str], None] = print,
+                        seed_baselines: Sequence[str] = ()) -> MatchedRuns:
     """SoftSAE at each k of ``ks`` (seed ``p.seed``), each baseline at its realised mean L0, and SoftSAE
-    at ``claim_k`` for every other seed of ``seeds``.
+    at ``claim_k`` for every other seed of ``seeds`` (with each baseline of ``seed_baselines`` too, at
+    the anchor seed's matched L0 at ``claim_k``).
 
     Args:
         x_train: (N, d) training activations (or a batch source ``fit_and_evaluate`` accepts; with
@@ -79,12 +94,15 @@ def train_matched_seeds(x_train, x_test: torch.Tensor, p: SAEExperiment, ks: Seq
         seeds: SoftSAE seeds at ``claim_k`` (``p.seed`` is added if missing).
         baselines: architectures trained at SoftSAE's matched L0.
         workers: processes (1: in this process, sequentially).
+        seed_baselines: baselines (of ``baselines``) also trained with every further seed.
 
     Returns:
         :class:`MatchedRuns`.
     """
     if claim_k not in ks:
         raise ValueError(f"claim_k={claim_k} is not one of ks={tuple(ks)}")
+    if not set(seed_baselines) <= set(baselines):
+        raise ValueError(f"seed_baselines {tuple(seed_baselines)} must be among baselines {tuple(baselines)}")
     extra = [s for s in dict.fromkeys(seeds) if s != p.seed]
     fill = (-len(ks)) % max(1, workers)
     first = {("soft", k, p.seed): partial(fit_and_evaluate, "soft", k, x_train, x_test, p.replace(k=k))
@@ -102,13 +120,17 @@ def train_matched_seeds(x_train, x_test: torch.Tensor, p: SAEExperiment, ks: Seq
         for arch in baselines:
             second[(arch, k, p.seed)] = partial(fit_and_evaluate, arch, matched, x_train, x_test,
                                                 p.replace(k=matched))
+            for s in extra if k == claim_k and arch in seed_baselines else ():
+                second[(arch, k, s)] = partial(fit_and_evaluate, arch, matched, x_train, x_test,
+                                               p.replace(k=matched, seed=s))
     for s in extra[fill:]:
         second[("soft", claim_k, s)] = partial(fit_and_evaluate, "soft", claim_k, x_train, x_test,
                                                p.replace(k=claim_k, seed=s))
     done.update(run_jobs(second, workers))
     grid = {k: {arch: done[(arch, k, p.seed)] for arch in ("soft", *baselines)} for k in ks}
     seed_models = {s: done[("soft", claim_k, s)] for s in (p.seed, *extra)}
-    return MatchedRuns(grid=grid, seeds=seed_models, claim_k=claim_k)
+    again = {(arch, s): done[(arch, claim_k, s)] for arch in seed_baselines for s in extra}
+    return MatchedRuns(grid=grid, seeds=seed_models, claim_k=claim_k, seed_baselines=again)
 
 
 def data_passes(steps: int, batch_size: int, n_train: int) -> dict[str, float]:
@@ -239,7 +261,8 @@ class ExplanationTest:
     """Explanation lengths of held-out samples and their association with k̂ and other per-sample values."""
 
     info: dict
-    """:func:`explanation_lengths` settings and summary, plus ``n``."""
+    """:func:`explanation_lengths` settings and summary of the first seed's dictionary, plus ``n``
+    and ``per_seed`` ({seed: that summary} for every seed's dictionary)."""
     frames: dict[int, pd.DataFrame]
     """{seed: per-sample frame}: ``soft_k_hat``, ``soft_l0``, ``explanation_length`` and the other columns."""
     per_seed: pd.DataFrame
@@ -248,23 +271,36 @@ class ExplanationTest:
     """ρ(column, explanation length) for every other column, at the first seed (``association_table``)."""
 
 
-def explanation_test(topk: TrainedModel, x_test: torch.Tensor, rows: np.ndarray,
+def explanation_test(topk: TrainedModel | dict[int, TrainedModel], x_test: torch.Tensor, rows: np.ndarray,
                      seeds: dict[int, TrainedModel], clusters: np.ndarray, others: dict[str, np.ndarray],
                      p: ReplicatedSAE) -> ExplanationTest:
     """The direct test of "k̂ is an explanation length" on the held-out samples ``rows``.
 
     Args:
-        topk: the TopK model at the matched budget whose decoder is the dictionary.
+        topk: the TopK model at the matched budget whose decoder is the dictionary, or {seed: model}
+            with one per SoftSAE seed: seed s's k̂ is then tested against the lengths on seed s's
+            dictionary, so that each seed replicates the whole test.
         x_test: (N_test, d) held-out samples; ``rows`` (n,) selects the tested ones.
         seeds: {seed: SoftSAE} evaluated on all of ``x_test``.
         clusters: (n,) cluster of each tested sample (bootstrap unit).
         others: {name: (n,) values}: further per-sample columns tested against the explanation length.
         p: settings (``explain_max_atoms``, ``explain_tolerance``, ``n_boot``, ``seed``).
     """
-    budget = float(topk.model.config.k)
-    max_atoms = p.explain_max_atoms or int(2 * budget)
-    atoms, info = explanation_lengths(topk.model, x_test[rows], budget, max_atoms, p.explain_tolerance)
-    frames = seed_frames(seeds, rows, explanation_length=atoms, cluster=clusters, **others)
+    topks = topk if isinstance(topk, dict) else dict.fromkeys(seeds, topk)
+    if set(topks) != set(seeds):
+        raise ValueError(f"explanation_test: TopK models for seeds {sorted(topks)}, "
+                         f"SoftSAE seeds {sorted(seeds)}")
+    lengths: dict[int, tuple[np.ndarray, dict]] = {}  # by id(model): one pursuit per dictionary
+    per_seed_info, frames = {}, {}
+    for s, soft in seeds.items():
+        m = topks[s].model
+        if id(m) not in lengths:
+            budget = float(m.config.k)
+            max_atoms = p.explain_max_atoms or int(2 * budget)
+            lengths[id(m)] = explanation_lengths(m, x_test[rows], budget, max_atoms, p.explain_tolerance)
+        atoms, per_seed_info[s] = lengths[id(m)]
+        frames.update(seed_frames({s: soft}, rows, explanation_length=atoms, cluster=clusters, **others))
+    info = {**per_seed_info[next(iter(seeds))], "per_seed": per_seed_info}
     target = ["explanation_length"]
     per_seed = per_seed_associations(frames, "soft_k_hat", target, "cluster", n_boot=p.n_boot, seed=p.seed)
     first = frames[next(iter(frames))]

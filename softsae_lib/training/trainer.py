@@ -125,13 +125,41 @@ def _check_divergence(step: int, loss_value: float, terms: dict, variance: float
 def _history_row(step: int, terms: dict, lr_now: float, ctx: StepContext, fvu: float, fvu_mean: float,
                  dead: torch.Tensor, seconds: float) -> dict:
     """One history row: step, loss terms, lr, the schedule's values (k, α, hard, phase), the batch
-    FVU of this step and its mean over the steps since the previous row (``fvu_mean``: the health
-    check's plateau test reads it, a single batch is too noisy), the dead fraction and the number
+    FVU of this step and its mean over the steps since the previous row (``fvu_mean``: a single
+    batch is too noisy for the health check's plateau test), the dead fraction and the number
     of alive latents, seconds; dead: (F,) bool."""
     return {"step": step, **terms, "lr": lr_now, **ctx.history_values(),
             "fvu_batch": fvu, "fvu_mean": fvu_mean,
             "dead_fraction": dead.float().mean().item(), "alive_latents": dead.numel() - int(dead.sum()),
             "seconds": seconds}
+
+
+def _check_heldout(heldout, d_model: int) -> torch.Tensor:
+    """``heldout`` as a finite (M, d_model) float32 tensor, or a ValueError naming what is wrong."""
+    x = torch.as_tensor(heldout, dtype=torch.float32)
+    if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] != d_model:
+        raise ValueError(f"train_sae: heldout must have shape (M ≥ 1, {d_model}), got {tuple(x.shape)}")
+    finite = torch.isfinite(x)
+    if not finite.all():
+        row, col = (~finite).nonzero()[0].tolist()
+        raise ValueError(f"train_sae: heldout has {int((~finite).sum())} NaN/Inf value(s), first at row "
+                         f"{row}, column {col}")
+    return x
+
+
+@torch.no_grad()
+def _heldout_fvu(model: SAE, heldout: torch.Tensor, ctx: StepContext) -> float:
+    """The FVU of ``fvu_batch`` (the training objective's reconstruction term over the batch
+    variance, in normalised space, at this step's schedule) on the (M, d) held-out rows.
+
+    The training objective and not the inference path: the plateau check asks whether the
+    optimiser still improves what it optimises, and SoftSAE's hard top-⌊k̂⌋ inference is not what
+    its soft phase optimises (on notebook 02's manifolds its held-out inference FVU moved by ±4–22%
+    across the window while the soft objective's moved by 2–3%). A model's ``loss`` changes no
+    state (that is :meth:`SAE.after_step`'s job)."""
+    x_n = model.normalize(heldout)
+    variance = (x_n - x_n.mean(dim=0)).pow(2).sum(dim=-1).mean().item()
+    return model.loss(x_n, ctx).terms.get("l2", math.nan) / max(variance, 1e-12)
 
 
 @dataclass
@@ -207,7 +235,8 @@ def _after_step(model: SAE, out: LossOutput, ctx: StepContext, state: _State, si
 
 
 def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
-              on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+              on_step: Callable[[int, dict], None] | None = None, heldout=None,
+              heldout_from: int = 0) -> TrainResult:
     """Train ``model`` in place on ``data``.
 
     Args:
@@ -216,20 +245,31 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
         cfg: training configuration (defaults to ``TrainConfig()``).
         on_step: called as ``on_step(step, terms)`` after every optimiser step (logging hooks;
             an exception raised there stops training, the last checkpoint stays valid).
+        heldout: optional (M, d) rows not trained on. Every history row from step ``heldout_from``
+            on then records ``fvu_heldout``, the FVU of the training objective on them (as
+            ``fvu_batch`` on the batch), which the health check's plateau test reads: the FVU of
+            training batches keeps falling while an SAE memorises rows it sees every epoch
+            (issue 12). Training is unchanged by it.
+        heldout_from: first step whose history row carries ``fvu_heldout`` (earlier rows: NaN);
+            evaluations no check reads cost time on large models.
 
     Returns:
         A :class:`TrainResult` with the model and its history as a DataFrame.
 
     Raises:
         TrainingError: a batch has NaN/Inf, or the loss is non-finite or diverges (names the step).
+        ValueError: ``heldout`` has the wrong shape or NaN/Inf (names the row and column).
     """
     cfg = cfg or TrainConfig()
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    if heldout is not None:
+        heldout = _check_heldout(heldout, model.d_model)
     if cfg.checkpoint_dir:
         check_checkpoint_dir(cfg.checkpoint_dir)  # fail now, not at the first checkpoint
     device = torch.device(cfg.device) if cfg.device else model.W_dec.device
     model.to(device)
+    heldout = heldout.to(device) if heldout is not None else None
     rank, world = dist_.info().rank, dist_.info().world_size
     source = BatchSource(data, cfg.batch_size, model.d_model, cfg.seed, rank=rank, world_size=world)
     lr = cfg.lr if cfg.lr is not None else schedules.default_lr(model.dict_size)
@@ -279,6 +319,9 @@ def train_sae(model: SAE, data, cfg: TrainConfig | None = None,
             state.history.append(_history_row(step, terms, lr_now, ctx, fvu, state.fvu_sum / state.fvu_count,
                                               state.since_fired >= cfg.dead_threshold,
                                               time.perf_counter() - t0))
+            if heldout is not None:
+                state.history[-1]["fvu_heldout"] = (_heldout_fvu(model, heldout, ctx) if step >= heldout_from
+                                                    else math.nan)
             state.fvu_sum, state.fvu_count = 0.0, 0
             bar.set_postfix(loss=f"{loss_value:.4g}", l0=f"{terms['l0']:.1f}", refresh=False)
         bar.update(1)

@@ -34,7 +34,7 @@ def runs():
     p = get_profile("04_vit", "smoke").replace(dict_size=32, k=4, steps=60, batch_size=128, progress=False)
     logs = []
     out = train_matched_seeds(x[:1200], x[1200:], p, ks=(3, 4), claim_k=4, seeds=(2, 0, 1),
-                              baselines=("topk",), workers=1, log=logs.append)
+                              baselines=("topk",), workers=1, log=logs.append, seed_baselines=("topk",))
     return out, x[1200:], logs
 
 
@@ -49,9 +49,18 @@ def test_grid_seeds_and_matching(runs):
     assert not torch.equal(out.seeds[0].model.W_dec, out.seeds[2].model.W_dec)
     labels = list(out.histories())
     assert labels == ["soft k=3 s0", "topk k=3 s0", "soft k=4 s0", "topk k=4 s0", "soft k=4 s2",
-                      "soft k=4 s1"]
+                      "soft k=4 s1", "topk k=4 s2", "topk k=4 s1"]
+    # TopK again for the further seeds, at the anchor's matched budget of claim_k, with its own weights
+    topks = out.seed_models("topk")
+    assert list(topks) == [0, 2, 1] and topks[0] is out.grid[4]["topk"]
+    assert {m.model.config.k for m in topks.values()} == {out.grid[4]["topk"].model.config.k}
+    assert not torch.equal(topks[0].model.W_dec, topks[2].model.W_dec)
+    assert out.seed_models("soft") == out.seeds
     with pytest.raises(ValueError, match="claim_k"):
         train_matched_seeds(None, None, get_profile("04_vit", "smoke"), ks=(3,), claim_k=4, seeds=(0,))
+    with pytest.raises(ValueError, match="seed_baselines"):
+        train_matched_seeds(None, None, get_profile("04_vit", "smoke"), ks=(4,), claim_k=4, seeds=(0,),
+                            baselines=("topk",), seed_baselines=("batch_topk",))
 
 
 def test_health_tables_and_verdicts(runs):
@@ -95,13 +104,22 @@ def test_explanation_lengths_and_seed_frames(runs):
     others = ex.others.set_index("kappa")
     assert others.loc["half", "spearman"] == pytest.approx(1.0) and "constant" in others.loc["const", "note"]
     assert list(ex.per_seed["seed"]) == [0, 2, 1, "pooled"]
+    # one TopK dictionary per seed: seed s's k̂ meets the lengths on seed s's dictionary
+    paired = explanation_test(out.seed_models("topk"), x_test, rows, out.seeds, rows % 12, {}, p)
+    own, _ = explanation_lengths(out.seed_models("topk")[2].model, x_test[rows], budget=topk.config.k,
+                                 max_atoms=8)
+    assert np.array_equal(paired.frames[2]["explanation_length"], own)
+    assert np.array_equal(paired.frames[0]["explanation_length"], direct)
+    assert not np.array_equal(own, direct) and set(paired.info["per_seed"]) == {0, 1, 2}
+    with pytest.raises(ValueError, match="TopK models for seeds"):
+        explanation_test({0: out.grid[4]["topk"]}, x_test, rows, out.seeds, rows % 12, {}, p)
 
 
 def test_report_health_prints_the_table_and_saves_the_figure(runs, tmp_path, capsys):
     out, _, _ = runs
     report, summary, fig = report_health(out.histories(), "t", tmp_path / "curves.png")
     assert "dead_ceiling" in capsys.readouterr().out and (tmp_path / "curves.png").stat().st_size > 1000
-    assert len(summary) == 6 and set(report["model"]) == set(summary["model"])
+    assert len(summary) == 8 and set(report["model"]) == set(summary["model"])
     long = stacked_histories(out.histories())
     assert list(long.columns[:2]) == ["model", "step"]
     assert len(long) == sum(map(len, out.histories().values()))

@@ -136,3 +136,21 @@ def test_health_of_a_real_short_run_reads_the_trainer_history():
     table = check_health(res.history)
     assert {"k_binds", "k_spread_stable"} <= set(table["check"])
     assert table["value"].notna().all()
+
+
+def test_the_plateau_test_prefers_the_heldout_fvu_over_training_batches():
+    # Training batches still improve 25% across the window (memorised rows), held-out rows are flat:
+    memorising = history(fvu=lambda t: 0.1 * np.exp(-1.5 * t))
+    memorising["fvu_mean"] = memorising["fvu_batch"]
+    assert not checks(check_health(memorising))["converged"]
+    memorising["fvu_heldout"] = np.where(memorising["step"] >= 500, 0.05, np.nan)  # logged from mid-run
+    table = check_health(memorising).set_index("check")
+    assert table.loc["converged", "passed"] and "fvu_heldout" in table.loc["converged", "detail"]
+    # ... and a held-out FVU that still falls fails, however flat the training batches are
+    learning = history(fvu=lambda t: np.full_like(t, 0.01))
+    learning["fvu_heldout"] = 0.1 * np.exp(-1.5 * learning["step"] / 1000)
+    assert not checks(check_health(learning))["converged"]
+    # a held-out column with gaps in the window is not read (the interval means are)
+    gaps = memorising.copy()
+    gaps.loc[gaps.index[-30], "fvu_heldout"] = np.nan
+    assert "fvu_mean" in check_health(gaps).set_index("check").loc["converged", "detail"]

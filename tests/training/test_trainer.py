@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from softsae_lib.batches import BatchSource
-from softsae_lib.saes import SoftSAEConfig, make_sae
+from softsae_lib.saes import ARCHITECTURES, SoftSAEConfig, make_sae
 from softsae_lib.saes.schedules import steps_fraction
 from softsae_lib.training import CheckpointError, TrainConfig, TrainingError, schedules, train_sae
 from softsae_lib.training.checkpoint import CHECKPOINT_FILE
@@ -457,3 +457,52 @@ def test_second_run_on_trained_model_keeps_b_dec():
     before = m.b_dec.detach().clone()
     train_sae(m, x, TrainConfig(steps=1, batch_size=64, lr=0.0, warmup_steps=0, progress=False))
     assert torch.equal(m.b_dec, before)
+
+
+@pytest.mark.parametrize("arch", ["soft", "batch_topk"])
+def test_heldout_fvu_is_logged_and_leaves_training_unchanged(arch: str) -> None:
+    data, held = _data(1000), _data(200, seed=7)
+    kw = {"threshold_start_step": 6} if arch == "batch_topk" else {"hard_phase_fraction": 0.25}
+    plain = _model(arch, **kw)
+    base = train_sae(plain, data, _cfg(steps=16, log_every=4)).history
+    model = _model(arch, **kw)
+    hist = train_sae(model, data, _cfg(steps=16, log_every=4), heldout=held, heldout_from=5).history
+    _assert_state_equal(plain.state_dict(), model.state_dict())  # evaluating changed nothing
+    cols = [c for c in base.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(base[cols], hist[cols])
+    # rows at steps 0, 4, 8, 12, 15: NaN before heldout_from, then the training objective's FVU on
+    # the held-out rows at that step's schedule (the last row: SoftSAE's hard phase)
+    assert list(hist["step"]) == [0, 4, 8, 12, 15]
+    assert np.isnan(hist["fvu_heldout"][:2]).all() and np.isfinite(hist["fvu_heldout"][2:]).all()
+    ctx = model.step_context(15, _cfg(steps=16))
+    with torch.no_grad():
+        x_n = model.normalize(held)
+        expected = model.loss(x_n, ctx).terms["l2"] / float((x_n - x_n.mean(0)).pow(2).sum(-1).mean())
+    assert hist["fvu_heldout"].iloc[-1] == pytest.approx(expected, rel=1e-6)
+    assert hist["fvu_heldout"].iloc[-1] != pytest.approx(hist["fvu_batch"].iloc[-1], rel=1e-3)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_heldout_evaluation_changes_no_architecture_state(arch: str) -> None:
+    """Every registered model's ``loss`` on held-out rows leaves its parameters, buffers (thresholds,
+    firing-rate EMAs, tree allocations) and history exactly as without them."""
+    data, held = _data(1000), _data(200, seed=7)
+    kw = {"k": 4} if "k" in {f.name for f in dataclasses.fields(ARCHITECTURES[arch].config_cls)} else {}
+    a, b = (make_sae(arch, d_model=D, dict_size=F, seed=0, **kw) for _ in range(2))
+    cfg = _cfg(steps=16, log_every=2, k_anneal_steps=4, dead_threshold=2 * B)
+    hist_a = train_sae(a, data, cfg).history
+    hist_b = train_sae(b, data, cfg, heldout=held).history
+    _assert_state_equal(a.state_dict(), b.state_dict())
+    cols = [c for c in hist_a.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(hist_a[cols], hist_b[cols])
+    assert np.isfinite(hist_b["fvu_heldout"]).all()
+
+
+def test_bad_heldout_is_named() -> None:
+    data = _data(640)
+    with pytest.raises(ValueError, match=r"heldout must have shape \(M ≥ 1, 8\), got \(10, 5\)"):
+        train_sae(_model("topk"), data, _cfg(), heldout=torch.zeros(10, 5))
+    bad = torch.zeros(10, D)
+    bad[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="heldout has 1 NaN/Inf value.*row 3, column 2"):
+        train_sae(_model("topk"), data, _cfg(), heldout=bad)
