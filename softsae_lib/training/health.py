@@ -18,8 +18,10 @@ The checks (thresholds in :class:`HealthCriteria`, all stated in the table they 
 
   1. ``fvu_heldout``: the FVU on a fixed set of held-out rows (``train_sae(heldout=...)``). An SAE
      that sees the same rows every epoch keeps lowering their FVU by memorising them after its
-     reconstruction of new data has stopped improving; in a trial on notebook 03's tokens a
-     BatchTopK improved 8.1% over the window on training batches and 3.9% on held-out tokens.
+     reconstruction of new data has stopped improving (in a trial on notebook 03's tokens a
+     BatchTopK improved 8.1% over the window on training batches and 3.9% on held-out tokens,
+     read on its inference path). The trainer logs the training objective's FVU on them, the
+     quantity ``fvu_batch`` measures on the batch.
   2. ``fvu_mean``: each row's mean batch FVU since the previous row, i.e. every step. With a single
      logged batch every hundredth of the run the quarter means are noisy (on notebook 02's manifolds
      one SoftSAE gave 0.14 from single batches and 0.24 from every step), enough to move a model
