@@ -123,10 +123,10 @@ print(f"{len(jobs)} jobs in {train_seconds:.0f} s on {P.workers} worker(s)")
 # %% [markdown]
 # ## 3. Training health
 # Every model is checked from its training history (`check_health`): the reconstruction of held-out
-# samples has plateaued before the learning-rate decay (the trainer logs their FVU from mid-run on;
-# training batches repeat every few hundred steps here and keep improving by memorisation), the dead fraction is stable and below its ceiling, and, for SoftSAE,
-# the batch-mean k̂ is within tolerance of the target at the end of the soft phase (the budget loss
-# binds) and the spread of k̂ has stopped changing.
+# samples has plateaued before the learning-rate decay (the trainer logs the training objective's
+# FVU on 2048 test samples from mid-run on), the dead fraction is stable and below its ceiling, and,
+# for SoftSAE, the batch-mean k̂ is within tolerance of the target at the end of the soft phase (the
+# budget loss binds) and the spread of k̂ has stopped changing.
 
 # %%
 health = {arm: syn.health(runs_) for arm, runs_ in arms.items()}

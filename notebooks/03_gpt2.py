@@ -199,8 +199,9 @@ print(f"{MODEL}\neach SAE: {P.steps} steps × {P.batch_size} = {passes['samples_
 # start with k annealed down from d and a random decoder, so their batch FVU can exceed the threshold in
 # the first few steps (see `histories.csv`) without any later divergence; the check is reported as it
 # stands and still makes the results that rest on such a model inconclusive. `converged` asks for a
-# plateau of the FVU of 2048 held-out tokens over the last 20% of the constant-learning-rate steps
-# (the FVU of training batches keeps falling once the SAE sees the same tokens again, epoch after epoch).
+# plateau of the training objective's FVU on 2048 held-out tokens over the last 20% of the
+# constant-learning-rate steps (one fixed set of rows: a paired, less noisy reading than fresh
+# training batches).
 
 # %%
 report, health, _ = report_health(runs.histories(), f"Training curves — {MODEL}",

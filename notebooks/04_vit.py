@@ -140,8 +140,8 @@ table
 # start with k annealed down from d and a random decoder, so their batch FVU can exceed the threshold in
 # the first few steps (see `histories.csv`) without any later divergence; the check is reported as it
 # stands and still makes the results that rest on such a model inconclusive. `converged` asks for a
-# plateau of the FVU of 2048 held-out test images over the last 20% of the constant-learning-rate
-# steps (the FVU of training batches keeps falling once the SAE sees the same images again).
+# plateau of the training objective's FVU on 2048 held-out test images over the last 20% of the
+# constant-learning-rate steps (unseen images; the training batches hold the same images every epoch).
 
 # %%
 report, health, _ = report_health(runs.histories(), f"Training curves — encoder: {ENC}",

@@ -301,8 +301,8 @@ plt.show()
 # %% [markdown]
 # ## 5. Training health and verdicts
 # Every model of every arm is checked from its training history (`softsae_lib.training.health`: a
-# plateaued reconstruction of held-out samples before the learning-rate decay, few and stable dead latents, and for
-# SoftSAE its budget loss binding and k̂'s spread stable). A claim is **conclusive** only when every
+# plateaued reconstruction of held-out samples before the learning-rate decay, few and stable dead
+# latents, and for SoftSAE its budget loss binding and k̂'s spread stable). A claim is **conclusive** only when every
 # model it rests on passes and it holds over more than one seed. This notebook trains one seed per
 # arm, far shorter than notebook 02 (a budget choice), so its claims are inconclusive by
 # construction: read them as a survey of the architectures, and notebook 02 for the verdict.
