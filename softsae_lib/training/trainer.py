@@ -53,14 +53,27 @@ class TrainResult:
     """Steps executed by this call (fewer than cfg.steps after a resume)."""
 
 
+def _nonfinite(x: torch.Tensor) -> str | None:
+    """None when every entry of the (N, d) tensor x is finite, else how many are not and where the
+    first one is (row, column)."""
+    finite = torch.isfinite(x)
+    if finite.all():
+        return None
+    row, col = (~finite).nonzero()[0].tolist()
+    return f"{int((~finite).sum())} NaN/Inf value(s), first at row {row}, column {col}"
+
+
 def _check_batch(x: torch.Tensor, step: int) -> None:
     if torch.isfinite(x.sum()):  # one reduction (~15x cheaper); finite values can still overflow it
         return
-    finite = torch.isfinite(x)
-    if not finite.all():
-        bad = (~finite).nonzero()[0].tolist()
-        raise TrainingError(f"step {step}: input batch has {int((~finite).sum())} NaN/Inf value(s), "
-                            f"first at row {bad[0]}, column {bad[1]}")
+    bad = _nonfinite(x)
+    if bad:
+        raise TrainingError(f"step {step}: input batch has {bad}")
+
+
+def _variance(x_n: torch.Tensor) -> float:
+    """Total variance of the (B, d) batch: mean over rows of ‖x − mean‖² (the FVU's denominator)."""
+    return (x_n - x_n.mean(dim=0)).pow(2).sum(dim=-1).mean().item()
 
 
 def _fit_normalization(model: SAE, source: BatchSource, cfg: TrainConfig) -> None:
@@ -105,7 +118,7 @@ def _step_stats(loss: torch.Tensor, terms: dict, x_n: torch.Tensor, out: LossOut
     """(loss, batch variance, L0) reduced over ranks (one reduction per step, so every rank logs and
     stops on the same global values); ``terms['l2']`` is replaced by its global value."""
     stats = dist_.reduce_(torch.tensor([loss.item(), terms.get("l2", math.nan),
-                                        (x_n - x_n.mean(dim=0)).pow(2).sum(dim=-1).mean().item(),
+                                        _variance(x_n),
                                         out.n_fired.item() / x_n.shape[0]],
                                        dtype=torch.float64, device=device))
     if "l2" in terms:
@@ -139,11 +152,9 @@ def _check_heldout(heldout, d_model: int) -> torch.Tensor:
     x = torch.as_tensor(heldout, dtype=torch.float32)
     if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] != d_model:
         raise ValueError(f"train_sae: heldout must have shape (M ≥ 1, {d_model}), got {tuple(x.shape)}")
-    finite = torch.isfinite(x)
-    if not finite.all():
-        row, col = (~finite).nonzero()[0].tolist()
-        raise ValueError(f"train_sae: heldout has {int((~finite).sum())} NaN/Inf value(s), first at row "
-                         f"{row}, column {col}")
+    bad = _nonfinite(x)
+    if bad:
+        raise ValueError(f"train_sae: heldout has {bad}")
     return x
 
 
@@ -158,8 +169,7 @@ def _heldout_fvu(model: SAE, heldout: torch.Tensor, ctx: StepContext) -> float:
     changed by 22% across the window on the inference path, by 1.1% on the training objective).
     A model's ``loss`` changes no state (that is :meth:`SAE.after_step`'s job)."""
     x_n = model.normalize(heldout)
-    variance = (x_n - x_n.mean(dim=0)).pow(2).sum(dim=-1).mean().item()
-    return model.loss(x_n, ctx).terms.get("l2", math.nan) / max(variance, 1e-12)
+    return model.loss(x_n, ctx).terms.get("l2", math.nan) / max(_variance(x_n), 1e-12)
 
 
 @dataclass
