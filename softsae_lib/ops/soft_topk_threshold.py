@@ -83,7 +83,6 @@ def solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha:
     of T, A = A(0) + T·∂A/∂T), so T need not be known exactly.
     """
     B, K = s.shape
-    rows = torch.arange(B, device=s.device)
     # Knot-major layout (K, B): the scans shift along dim 0. e[j] = e^{(s_{j+1} − s_j)/α} ∈ [0, 1],
     # j = 0..K−2, exactly 1 across a tie.
     st = s.t().contiguous()
@@ -99,26 +98,28 @@ def solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha:
     idx = torch.arange(K, device=s.device, dtype=s.dtype).unsqueeze(1)
     # Soft count at each knot: Φ(s_p) = p + ½ + ½(A_p − B_p); non-decreasing, flat across ties.
     phi = idx + 0.5 + 0.5 * (a_sums - b_sums)
-    cnt = (phi <= k).sum(dim=0)
+    cnt = torch.count_nonzero(phi <= k, dim=0)
     # Rounding may split a tie block; the bracket must start at the end of the block.
     l_raw = (cnt - 1).clamp(min=0)
-    l = (s >= s[rows, l_raw].unsqueeze(1)).sum(dim=1) - 1
+    l = torch.count_nonzero(s >= s.gather(1, l_raw.unsqueeze(1)), dim=1) - 1
     upper = cnt == 0  # t above the largest value
     lower = (~upper) & (l >= n - 1)  # t below the smallest value (only when K == n)
     l = torch.where(upper | lower, torch.zeros_like(l), l)
     l1 = (l + 1).clamp(max=K - 1)
+    # Per-row picks by gather (advanced indexing costs several times more per call at small sizes).
+    s_l, s_l1 = s.gather(1, torch.stack([l, l1], dim=1)).unbind(1)
 
-    ln1a = torch.log1p(a_sums[l1, rows])  # ln(1 + A_{l+1})
-    ln1b = torch.log1p(b_sums[l, rows])  # ln(1 + B_l)
+    ln1a = torch.log1p(a_sums.gather(0, l1.unsqueeze(0)).squeeze(0))  # ln(1 + A_{l+1})
+    ln1b = torch.log1p(b_sums.gather(0, l.unsqueeze(0)).squeeze(0))  # ln(1 + B_l)
     d = k - (l + 1).to(k.dtype)
-    delta = (s[rows, l] - s[rows, l1]) / alpha
+    delta = (s_l - s_l1) / alpha
     ln_q = ln1a + ln1b - delta
     # ln R with R = |d| + sqrt(d² + q), never forming q or 1/q explicitly.
     ln_d = torch.log(d.abs())
     w = 0.5 * ln_q - ln_d
     ln_r = torch.where(w >= 0, 0.5 * ln_q + torch.asinh(torch.exp(-w.clamp(min=0))),
                        ln_d + torch.log1p(torch.sqrt(1 + torch.exp(2 * w.clamp(max=0)))))
-    ref = torch.where(d >= 0, s[rows, l1], s[rows, l])
+    ref = torch.where(d >= 0, s_l1, s_l)
     off = torch.where(d >= 0, ln1a - ln_r, ln_r - ln1b)
     ln1a_first = torch.log1p(a_sums[0])
     off_upper = ln1a_first - torch.log(2 * k)
@@ -129,8 +130,9 @@ def solve_threshold(s: torch.Tensor, tail: torch.Tensor, k: torch.Tensor, alpha:
         a_hi = (torch.addcmul(a_free, a_gain, tail_hi) if isinstance(tail_hi, torch.Tensor)
                 else torch.add(a_free, a_gain, alpha=tail_hi))
         phi_hi = idx + 0.5 + 0.5 * (a_hi - b_sums)
-        stable = (phi_hi <= k).sum(dim=0) == cnt
-        stable &= (torch.log1p(a_hi[l1, rows]) == ln1a) & (torch.log1p(a_hi[0]) == ln1a_first)
+        stable = torch.count_nonzero(phi_hi <= k, dim=0) == cnt
+        stable &= (torch.log1p(a_hi.gather(0, l1.unsqueeze(0)).squeeze(0)) == ln1a) & \
+            (torch.log1p(a_hi[0]) == ln1a_first)
     off = torch.where(upper, off_upper, torch.where(lower, off_lower, off))
     return Threshold(ref, off, phi[-1], stable)
 
