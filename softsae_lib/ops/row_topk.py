@@ -1,11 +1,13 @@
 """Sorted per-row top-K selection, with numpy's introselect where it beats ``torch.topk``.
 
 ``torch.topk``'s CPU kernel selects each row with ``std::nth_element`` over (value, index) pairs
-with NaN-aware comparisons. On one thread and rows of up to a few thousand columns, numpy's
-``argpartition`` plus an ``argsort`` of the K selected is faster (SAE pre-activations, relu'd,
-K ≈ 25-130: 512 × 128 1.0 → 0.6 ms, 512 × 512 3.4 → 2.4 ms, 256 × 2048 6.2 → 2.6 ms, 4096 × 4096
-187 → 94 ms). Wider rows, and several threads (torch.topk splits rows across threads, numpy does
-not: at 2 threads the two are level up to n = 2048), keep ``torch.topk``.
+with NaN-aware comparisons; its cost grows with K. numpy's ``argpartition`` plus an ``argsort`` of
+the K selected costs about the same per entry whatever K is. On one thread, with rows of up to 4096
+columns, numpy is therefore used when K is at least 1/32 of the row (relu'd rows, 512 rows each,
+torch / numpy ms on a 2-core AMD EPYC: n = 128, K = 8: 0.59 / 0.39; n = 512, K = 32: 2.85 / 2.45;
+n = 512, K = 4: 0.46 / 2.25; n = 2048, K = 32: 4.78 / 10.17; at K = n/32 the two are within 8%
+from n = 512 to 4096). Wider rows, smaller K and several threads (torch.topk splits rows across
+threads, numpy does not) keep ``torch.topk``.
 
 The values are exactly ``torch.topk``'s (the same multiset, in descending order); among tied values
 the chosen indices may differ. Callers must have ruled out NaN (numpy ranks it last, torch first).
@@ -18,9 +20,11 @@ import torch
 
 __all__ = ["row_topk"]
 
-# Widest rows selected by numpy (on one thread: level with torch.topk at 512 × 4096, K = 41, and 2x
-# faster at K = 130; torch.topk wins from 8192 on).
+# Widest rows selected by numpy (torch.topk wins from 8192 on whatever K is).
 _NUMPY_MAX_N = 4096
+# numpy needs K ≥ n / _NUMPY_MIN_K_SHARE: below it torch.topk's partial selection is cheaper (up to
+# 7x at 512 × 2048, K = 4, where numpy's argpartition still reads every entry several times).
+_NUMPY_MIN_K_SHARE = 32
 # Rows per numpy call: argpartition returns an int64 index for every entry, and whole-batch calls
 # (2 MiB at 512 × 512) came from fresh mmaps each time, hundreds of page faults per training step
 # that ate the gain; blocks of 2^15 entries (256 KiB of indices) are reused from the heap.
@@ -33,7 +37,7 @@ def row_topk(x: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
     with the indices where one is needed)."""
     B, n = x.shape
     if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or n > _NUMPY_MAX_N
-            or not 0 < K < n or B == 0 or torch.get_num_threads() > 1):
+            or not 0 < K < n or K * _NUMPY_MIN_K_SHARE < n or B == 0 or torch.get_num_threads() > 1):
         return torch.topk(x.detach(), K, dim=1, sorted=True)
     a = x.detach().contiguous().numpy()
     vals = torch.empty((B, K), dtype=x.dtype)
