@@ -65,8 +65,9 @@ def choose_rank(x: Tensor, k: int, tail_fraction: float = 0.05, seed: int = 0) -
     """Filter rank r and basis (D, r) float64 with orthonormal columns for ``x`` (N, D), or ``None``
     when brute force is the better choice (rule in the module docstring).
 
-    Cost: a float64 Gram of at most 4096 rows (half the cost of 8192 at D = 768; enough for a basis of a few dozen directions), one D×D eigendecomposition, and the K-NN distances of 256
-    sample points (float32; they only calibrate r).
+    Cost: a float64 Gram of at most 4096 rows (enough for a basis of a few dozen directions), one
+    D×D eigendecomposition, and the K-NN distances of 256 sample points (float32; they only
+    calibrate r).
     """
     n, d = x.shape
     if n < _MIN_POINTS or d < 16 or k + 3 >= n:
