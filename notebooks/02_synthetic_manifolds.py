@@ -287,9 +287,9 @@ plt.show()
 
 # %% [markdown]
 # ## 8. Ablations (manifold arm, seed 0)
-# Each SoftSAE variant changes one choice of the recipe of section 2; `half_the_steps` (local) and
-# `twice_the_steps` (paper) change none but the length of training: the direct test that the result
-# does not hinge on the step count. The last rows give TopK and
+# Each SoftSAE variant changes one choice of the recipe of section 2; `twice_the_steps` changes none
+# but the length of training: the direct test that the result survives a longer run. The last rows
+# give TopK and
 # BatchTopK the k anneal from d that SoftSAE's published recipe uses (section 2 trains them without
 # it, at a constant k), at the same budget as in section 2.
 

@@ -56,7 +56,8 @@ EXPERIMENTS: dict[str, dict[str, Settings]] = {
                                     sup_d=64, sup_features=256, sup_max_active=16, sup_dict_size=256,
                                     sup_k=8, seeds=(0, 1, 2), workers=2, sub_n_train=48000, sub_n_test=8000,
                                     sub_dict_size=256, sub_k=8,
-                                    ablations=("half_the_steps", "alpha_annealed", "k_max_4k",
+                                    # twice_the_steps: does the result survive a longer run (issue 12)?
+                                    ablations=("twice_the_steps", "alpha_annealed", "k_max_4k",
                                                "no_hard_phase", "official_dead_rule"),
                                     lid_ks=(10, 20, 50), lid_ns=(1000, 3000, 7500), progress=False),
         "paper": SyntheticManifolds(intrinsic_dims=(1, 2, 4, 8, 16, 32), n_train=2_000_000, n_test=65536,
