@@ -107,11 +107,13 @@ print(f"subspaces: {len(P.sub_dims)} of dims {min(P.sub_dims)}–{max(P.sub_dims
 # %%
 sub_p = P.replace(dict_size=P.sub_dict_size, k=P.sub_k)
 sup_p = P.replace(dict_size=P.sup_dict_size, k=P.sup_k)
-jobs = {  # longest first, so that the workers finish together
+step_controls = tuple(a for a in P.ablations if a in syn.STEP_CONTROLS)
+jobs = {  # longest first (the step-count control first: twice the steps), so the workers finish together
+    **syn.ablation_jobs(man.x[:n_tr], man.x[n_tr:], P, step_controls),
     **syn.matched_jobs("manifolds", man.x[:n_tr], man.x[n_tr:], P, P.seeds, P.baselines),
     **syn.matched_jobs("superposition", sup.x[:nsup], sup.x[nsup:], sup_p, P.seeds[:2],
                        tuple(b for b in P.baselines if b != "topk")),
-    **syn.ablation_jobs(man.x[:n_tr], man.x[n_tr:], P, P.ablations),
+    **syn.ablation_jobs(man.x[:n_tr], man.x[n_tr:], P, tuple(a for a in P.ablations if a not in step_controls)),
     **syn.matched_jobs("subspaces", sub.x[:ns_tr], sub_test_x, sub_p, P.seeds, ()),
 }
 t0 = time.perf_counter()
