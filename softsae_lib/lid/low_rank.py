@@ -23,7 +23,7 @@ SIGMOD 1994, with a PCA basis):
 
 r is chosen from the spectrum: the smallest r whose expected squared residual distance between two
 points, 2·Σ_{i>r} λᵢ / N, is at most ``tail_fraction`` of the median squared K-NN distance (measured
-exactly on a sample of 256 points); when r + 1 would exceed D/4 the filter saves too little and
+on a sample of 256 points, in float32); when r + 1 would exceed D/4 the filter saves too little and
 :func:`choose_rank` returns ``None`` (brute force is used).
 """
 
@@ -41,13 +41,28 @@ _CHUNK = 4096  # rows per float64 projection chunk
 _TABLE_ELEMS = 1 << 20  # elements of one block of the filter-space distance table (4 MiB: stays in cache)
 
 
+def _centre(x: Tensor) -> Tensor:
+    """The column mean of ``x`` (N, D) as float64 (D,), summed in float32: any centre keeps the filter a
+    lower bound (distances do not depend on it); the mean only keeps the coordinates small, and a
+    float32 sum costs a fourteenth of converting x to float64 first."""
+    return x.float().mean(0).to(torch.float64)
+
+
 def _pca(x: Tensor, perm: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
-    """Eigenvalues (D,) descending (scaled to all N rows) and eigenvectors (D, D) of the covariance of
-    ``x`` (N, D) about ``mean`` (D,) float64, from at most 4096 rows ``perm[:4096]`` (any orthonormal
-    basis keeps the result exact; a good one keeps the filter tight)."""
-    xs = x[perm[:_BASIS_ROWS]].to(torch.float64) - mean
+    """Eigenvalues (D,) descending (scaled to all N rows) and eigenvectors (D, D) float32 of the
+    covariance of ``x`` (N, D) about ``mean`` (D,), from at most 4096 rows ``perm[:4096]``.
+
+    In float32: any orthonormal basis keeps the result exact (callers orthonormalise the columns they
+    keep in float64), a good one keeps the filter tight, and the eigenvalues only pick the rank.
+    """
+    xs = x[perm[:_BASIS_ROWS]].float() - mean.float()
     lam, vec = torch.linalg.eigh(xs.T @ xs)
     return lam.flip(0).clamp_min(0) * (x.shape[0] / xs.shape[0]), vec.flip(1)
+
+
+def _qr64(vec: Tensor) -> Tensor:
+    """Orthonormal float64 columns spanning ``vec`` (D, r)."""
+    return torch.linalg.qr(vec.to(torch.float64))[0]
 
 
 def _perm(x: Tensor, seed: int) -> Tensor:
@@ -58,33 +73,37 @@ def _perm(x: Tensor, seed: int) -> Tensor:
 def low_rank_basis(x: Tensor, r: int, seed: int = 0) -> tuple[int, Tensor]:
     """The top-``r`` PCA directions of ``x`` (N, D) as ``(r, basis)``, basis (D, r) float64 orthonormal."""
     r = max(1, min(x.shape[1] - 1, r))
-    return r, torch.linalg.qr(_pca(x, _perm(x, seed), x.mean(0, dtype=torch.float64))[1][:, :r])[0]
+    return r, _qr64(_pca(x, _perm(x, seed), _centre(x))[1][:, :r])
 
 
 def choose_rank(x: Tensor, k: int, tail_fraction: float = 0.05, seed: int = 0) -> tuple[int, Tensor] | None:
     """Filter rank r and basis (D, r) float64 with orthonormal columns for ``x`` (N, D), or ``None``
     when brute force is the better choice (rule in the module docstring).
 
-    Cost: a float64 Gram of at most 4096 rows (enough for a basis of a few dozen directions), one
-    D×D eigendecomposition, and the K-NN distances of 256 sample points (float32; they only
+    Cost: a float32 Gram of at most 4096 rows (enough for a basis of a few dozen directions), one
+    D×D float32 eigendecomposition, and the K-NN distances of 256 sample points (float32; they only
     calibrate r).
     """
     n, d = x.shape
     if n < _MIN_POINTS or d < 16 or k + 3 >= n:
         return None
     perm = _perm(x, seed)
-    mean = x.mean(0, dtype=torch.float64)  # one pass over x, shared by both uses
+    mean = _centre(x)  # one pass over x, shared by both uses
     lam, vec = _pca(x, perm, mean)
-    xc = (x - mean.to(x.dtype)).float()
-    d2 = torch.cdist(xc[perm[:_SAMPLE]], xc).square_()
+    xc = x.float() - mean.float()
+    # Squared distances of the sample to every point by the expanded form (one matmul; cdist's
+    # direct path is several times slower here). Centred data keep its cancellation small, and dk2
+    # only calibrates r.
+    sq = xc.square().sum(1)
+    d2 = torch.mm(xc[perm[:_SAMPLE]], xc.T).mul_(-2.0).add_(sq[perm[:_SAMPLE], None]).add_(sq).clamp_min_(0.0)
     d2[torch.arange(min(_SAMPLE, n), device=x.device), perm[:_SAMPLE]] = torch.inf
-    dk2 = float(d2.kthvalue(k, dim=1).values.median())
+    dk2 = float(d2.topk(k, dim=1, largest=False).values[:, -1].median())
     tail = lam.flip(0).cumsum(0).flip(0)  # tail[r] = Σ_{i ≥ r} λᵢ (0-based: the dims left out at rank r)
     ok = (2 * tail / n <= tail_fraction * dk2).nonzero()
     if len(ok) == 0 or int(ok[0]) + 1 > d // 4:
         return None
     r = max(1, int(ok[0]))
-    return r, torch.linalg.qr(vec[:, :r])[0]
+    return r, _qr64(vec[:, :r])
 
 
 def filter_space(x: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
@@ -94,7 +113,7 @@ def filter_space(x: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
         ``(z, scale)``: z (N, r+1) float64 = (basis coordinates, residual norm) with
         ‖z_a − z_b‖ ≤ ‖x_a − x_b‖ up to float64 rounding, and scale (N,) float64 = ‖x − mean‖ = ‖z‖.
     """
-    mean = x.mean(0, dtype=torch.float64)
+    mean = _centre(x)
     z = torch.empty(x.shape[0], basis.shape[1] + 1, dtype=torch.float64, device=x.device)
     scale = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     for s in range(0, x.shape[0], _CHUNK):
