@@ -54,6 +54,7 @@ def test_soft_topk_scaling_benchmark_json(tmp_path):
     assert res["rows"][2]["sort_s"] is None and res["rows"][2]["sort_over_window"] is None
     slopes = res["loglog_slope_time_vs_n"]["8"]
     assert set(slopes) == {"window", "sort", "hard"} and all(isinstance(v, float) for v in slopes.values())
+    assert res["meets_targets"] == (slopes["window"] <= res["target_window_slope_max"])
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 
@@ -64,6 +65,7 @@ def test_memory_benchmark_json():
                                                                   ("topk", 128)]
     # a Python process alone exceeds 1 MiB: nothing fits this limit, and the JSON says so
     assert all(r["peak_gib"] > 0.001 for r in res["runs"]) and res["largest_dict_size_within_limit"] is None
+    assert res["all_fit"] is False and res["meets_targets"] is False
 
 
 def test_make_bench_runs_every_benchmark_script():
